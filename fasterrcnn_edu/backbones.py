@@ -1,0 +1,140 @@
+"""Backbones: the shared convolutional layers, and the fc layers the RoI head stacks on them.
+
+- `vgg16`: torchvision's VGG-16 definition (Simonyan & Zisserman), conv1_1..conv5_3, stride 16,
+  512 channels; head fc6/fc7 (4096). Paper §4 uses it with 13 shared conv layers.
+- `zf`: the Zeiler & Fergus net the paper also reports (5 conv layers, stride 16, 256 channels).
+- `small`: the book's CPU net — 6 conv layers with GroupNorm, stride 16, 128 channels — trained
+  from scratch on the shipped shapes data in minutes.
+
+Nothing is downloaded: ImageNet weights, when wanted, come from a local file (`weights=`) holding a
+torchvision VGG-16 state dict (e.g. `vgg16-397923af.pth`). Every backbone reports `stride` and
+`out_channels`; `build_backbone` returns it with its matching box head.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Conv layers `body` with the facts the RPN and RoI pooling need: `stride`, `out_channels`."""
+
+    def __init__(self, body: nn.Module, stride: int, out_channels: int):
+        super().__init__()
+        self.body = body
+        self.stride = stride
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) -> features (B, out_channels, H / stride, W / stride)."""
+        return self.body(images)
+
+
+class BoxHead(nn.Module):
+    """Flatten pooled RoIs (R, C, P, P) and apply fully connected layers -> (R, out_features)."""
+
+    def __init__(self, layers: nn.Sequential, out_features: int):
+        super().__init__()
+        self.layers = layers
+        self.out_features = out_features
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.layers(pooled.flatten(1))
+
+
+def _conv_gn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    # GroupNorm, not BatchNorm: one or two images per batch, and alternating training freezes layers.
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(8, c_out), nn.ReLU(inplace=True)]
+
+
+def small_backbone() -> Backbone:
+    """The book's CPU backbone: stride 16, 128 channels, ~0.3 GMAC for a 320×256 image."""
+    body = nn.Sequential(
+        *_conv_gn(3, 24, stride=2), nn.MaxPool2d(2),          # stride 4
+        *_conv_gn(24, 48), nn.MaxPool2d(2),                   # stride 8
+        *_conv_gn(48, 96), *_conv_gn(96, 96), nn.MaxPool2d(2),  # stride 16
+        *_conv_gn(96, 128), *_conv_gn(128, 128),
+    )
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return Backbone(body, stride=16, out_channels=128)
+
+
+def zf_backbone() -> Backbone:
+    """Zeiler & Fergus (ECCV 2014) as used by the paper: conv1..conv5, stride 16, 256 channels."""
+    body = nn.Sequential(
+        nn.Conv2d(3, 96, 7, 2, 3), nn.ReLU(inplace=True), nn.LocalResponseNorm(3, 5e-5, 0.75),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(96, 256, 5, 2, 2), nn.ReLU(inplace=True), nn.LocalResponseNorm(3, 5e-5, 0.75),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(inplace=True),
+    )
+    return Backbone(body, stride=16, out_channels=256)
+
+
+def vgg16_backbone(weights: str | Path | None = None) -> tuple[Backbone, nn.Sequential]:
+    """torchvision's VGG-16 without its last max-pool (stride 16), and its fc6/fc7 for the head.
+
+    `weights`: path to a local torchvision VGG-16 state dict; None leaves random initialisation.
+    """
+    vgg = torchvision.models.vgg16(weights=None)
+    if weights is not None:
+        vgg.load_state_dict(load_state_dict(weights))
+    body = nn.Sequential(*list(vgg.features)[:-1])
+    fc6_fc7 = nn.Sequential(*list(vgg.classifier)[:-1])   # fc6, ReLU, Dropout, fc7, ReLU, Dropout
+    return Backbone(body, stride=16, out_channels=512), fc6_fc7
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Read a weights file safely (`weights_only=True`); a clear error names the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def freeze_first_convs(backbone: Backbone, count: int) -> None:
+    """Fix the first `count` conv layers (released code: VGG-16 trains from conv3_1 up, so count = 4)."""
+    convs = [m for m in backbone.body if isinstance(m, nn.Conv2d)][:count]
+    for conv in convs:
+        conv.requires_grad_(False)
+
+
+def build_backbone(name: str, pooled_size: int, head_hidden: int, weights: str | None = None,
+                   frozen_layers: int = 0) -> tuple[Backbone, BoxHead]:
+    """A backbone and the fc box head that takes its (C, P, P) pooled RoIs."""
+    if name == "vgg16":
+        backbone, fc_layers = vgg16_backbone(weights)
+        if pooled_size != 7 or head_hidden != 4096:
+            fc_layers = _fc_head(512 * pooled_size**2, head_hidden, dropout=True)
+        head = BoxHead(fc_layers, head_hidden)
+    elif name in ("zf", "small"):
+        backbone = zf_backbone() if name == "zf" else small_backbone()
+        if weights is not None:
+            backbone.load_state_dict(load_state_dict(weights))
+        head = BoxHead(_fc_head(backbone.out_channels * pooled_size**2, head_hidden, dropout=name == "zf"),
+                       head_hidden)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose 'vgg16', 'zf' or 'small'")
+    freeze_first_convs(backbone, frozen_layers)
+    return backbone, head
+
+
+def _fc_head(in_features: int, hidden: int, dropout: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.ReLU(inplace=True)]
+    if dropout:
+        layers.append(nn.Dropout())
+    layers += [nn.Linear(hidden, hidden), nn.ReLU(inplace=True)]
+    if dropout:
+        layers.append(nn.Dropout())
+    return nn.Sequential(*layers)

@@ -1,0 +1,159 @@
+"""One configuration object for the whole detector, with named presets.
+
+`Config.paper()` carries the settings of Ren et al. (NeurIPS 2015) for VGG-16 on PASCAL VOC;
+`Config.book()` is a small CPU-friendly setting for the book's synthetic shapes data.
+Every number names its source: "paper §x" is the NeurIPS paper, "released code" is the authors'
+py-faster-rcnn (lib/fast_rcnn/config.py, models/pascal_voc/*/faster_rcnn_alt_opt/*), and
+"Fast R-CNN" is Girshick, ICCV 2015.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageSchedule:
+    """SGD schedule of one training stage: `iterations` mini-batches, lr multiplied by 0.1 at `lr_step`."""
+
+    iterations: int
+    lr: float
+    lr_step: int
+
+
+@dataclass
+class Config:
+    # --- data and image scale -------------------------------------------------------------
+    num_classes: int = 21                   # K + 1: 20 PASCAL VOC classes + background
+    min_size: int = 600                     # paper §3.3: "re-scale the images such that their shorter side is s = 600"
+    max_size: int = 1000                    # released code: TEST.MAX_SIZE = 1000
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet statistics of torchvision's VGG-16
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    size_divisible: int = 16                # pad batched images so the stride-16 grid covers them exactly
+
+    # --- backbone --------------------------------------------------------------------------
+    backbone: str = "vgg16"                 # paper §4: ZF net and VGG-16; "small" is the book's CPU net
+    backbone_weights: str | None = None     # local ImageNet weights file; nothing is ever downloaded
+    frozen_layers: int = 4                  # released code: VGG-16 conv1_1..conv2_2 stay fixed (fine-tune from conv3_1)
+
+    # --- anchors (paper §3.1.1) ------------------------------------------------------------
+    anchor_base_size: int = 16              # paper §3.1.1: the stride of the last shared conv layer
+    anchor_scales: tuple[float, ...] = (8, 16, 32)     # box areas 128², 256², 512² at base size 16
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0) # 1:2, 1:1, 2:1
+    legacy_anchors: bool = False            # True: the released code's "+1 pixel" anchors
+
+    # --- RPN head and its training targets (paper §3.1, §3.1.2) ---------------------------
+    rpn_channels: int = 512                 # paper §3.1: 512-d intermediate layer for VGG (256-d for ZF)
+    rpn_fg_iou: float = 0.7                 # paper §3.1.2: positive if IoU > 0.7
+    rpn_bg_iou: float = 0.3                 # paper §3.1.2: negative if IoU < 0.3 for all ground truth
+    rpn_batch_size: int = 256               # paper §3.1.2: 256 anchors per image
+    rpn_positive_fraction: float = 0.5      # paper §3.1.2: up to 1:1 positives : negatives
+    rpn_ignore_cross_boundary: bool = True  # paper §3.3: cross-boundary anchors are ignored in training
+    rpn_cls_loss: str = "softmax"           # paper §3.1: 2k scores with a softmax; "sigmoid": k scores
+    rpn_lambda: float = 10.0                # paper §3.1.2: λ = 10
+    rpn_reg_normalization: str = "locations"  # paper Eq. 1: N_reg = number of anchor locations; "minibatch": N_reg = N_cls
+    rpn_smooth_l1_beta: float = 1.0         # Fast R-CNN's smooth L1 (paper Eq. 1); released code uses 1/9 (sigma = 3)
+
+    # --- proposals (paper §3.3) ------------------------------------------------------------
+    rpn_pre_nms_top_n_train: int = 12000    # released code: TRAIN.RPN_PRE_NMS_TOP_N
+    rpn_pre_nms_top_n_test: int = 6000      # paper §3.3 / released code: TEST.RPN_PRE_NMS_TOP_N
+    rpn_post_nms_top_n_train: int = 2000    # paper §3.3: "we use the top-2000 ... for training"
+    rpn_post_nms_top_n_test: int = 300      # paper §4: 300 proposals at test time
+    rpn_nms_thresh: float = 0.7             # paper §3.3: NMS at IoU 0.7
+    rpn_min_size: float = 16.0              # released code: RPN_MIN_SIZE, in original-image pixels
+
+    # --- RoI pooling and the Fast R-CNN head (Fast R-CNN §2) ----------------------------
+    roi_output_size: int = 7                # Fast R-CNN: 7×7 for VGG-16 (6×6 for ZF)
+    roi_pool: str = "max"                   # Fast R-CNN RoI max pooling; "align": RoIAlign (Mask R-CNN)
+    roi_batch_size: int = 128               # Fast R-CNN §2.3: 128 RoIs per image (R = 128, N = 2... per image)
+    roi_positive_fraction: float = 0.25     # Fast R-CNN §2.3: 25 % foreground
+    roi_fg_iou: float = 0.5                 # Fast R-CNN §2.3: foreground IoU ≥ 0.5
+    roi_bg_iou_low: float = 0.1             # Fast R-CNN §2.3: background IoU in [0.1, 0.5)
+    roi_bg_iou_high: float = 0.5
+    head_hidden: int = 4096                 # VGG-16 fc6 / fc7
+    box_coder_std: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)  # released code: BBOX_NORMALIZE_STDS
+    det_lambda: float = 1.0                 # Fast R-CNN Eq. 1: λ = 1
+    det_smooth_l1_beta: float = 1.0         # Fast R-CNN Eq. 3
+
+    # --- test-time detection (released code: test.py) -----------------------------------
+    score_thresh: float = 0.05              # released code: keep detections with score > 0.05
+    det_nms_thresh: float = 0.3             # released code: TEST.NMS = 0.3, per class
+    detections_per_img: int = 100           # released code: max_per_image = 100
+
+    # --- training (paper §3.3, released code train_faster_rcnn_alt_opt.py) -------------
+    images_per_batch: int = 1               # paper §3.1.3: "each mini-batch arises from a single image"
+    momentum: float = 0.9                   # paper §3.1.3
+    weight_decay: float = 0.0005            # paper §3.1.3
+    warmup_iterations: int = 0              # not in the paper; the book's from-scratch net needs a short warm-up
+    flip: bool = True                       # paper: horizontal flip is the only augmentation (released code)
+    # The 4-step schedule (paper §3.2): RPN, Fast R-CNN, RPN (shared layers frozen), Fast R-CNN (frozen).
+    # paper §3.1.3: lr 0.001 for 60k mini-batches, 0.0001 for the next 20k (VOC); released code: 80k/40k per stage.
+    stage_rpn1: StageSchedule = field(default_factory=lambda: StageSchedule(80000, 0.001, 60000))
+    stage_det1: StageSchedule = field(default_factory=lambda: StageSchedule(40000, 0.001, 30000))
+    stage_rpn2: StageSchedule = field(default_factory=lambda: StageSchedule(80000, 0.001, 60000))
+    stage_det2: StageSchedule = field(default_factory=lambda: StageSchedule(40000, 0.001, 30000))
+    joint: StageSchedule = field(default_factory=lambda: StageSchedule(70000, 0.001, 50000))  # released code end2end (VOC07)
+    seed: int = 0
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, **overrides) -> "Config":
+        """VGG-16 on PASCAL VOC 2007, as in the paper. Fields can be overridden by keyword."""
+        return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def book(cls, **overrides) -> "Config":
+        """A small CPU setting for the book's synthetic shapes (320×256 images, 6 classes)."""
+        book = cls(
+            num_classes=7,                  # 6 shape classes + background (data/shapes/classes.txt)
+            min_size=256, max_size=320,     # the shapes images are 320×256: no rescaling
+            backbone="small",               # 5 conv layers, stride 16, 128 channels (backbones.py)
+            frozen_layers=0,                # trained from scratch: nothing to keep fixed
+            anchor_scales=(2, 4, 8),        # 32², 64², 128² boxes: the paper's 128..512 scaled by 256/600 ≈ 1/2.3
+            rpn_channels=128,
+            rpn_min_size=4.0,               # objects down to ~1/16 of the side exist in the data
+            rpn_smooth_l1_beta=1.0 / 9.0,   # released code's sigma = 3
+            rpn_pre_nms_top_n_train=2000,   # the image has only 2880 anchors (16×20×9)
+            rpn_pre_nms_top_n_test=1000,
+            rpn_post_nms_top_n_train=500,
+            rpn_post_nms_top_n_test=300,
+            roi_batch_size=64,
+            head_hidden=256,
+            images_per_batch=2,
+            warmup_iterations=200,
+            stage_rpn1=StageSchedule(1500, 0.01, 1200),
+            stage_det1=StageSchedule(2000, 0.01, 1600),
+            stage_rpn2=StageSchedule(600, 0.01, 480),
+            stage_det2=StageSchedule(1000, 0.01, 800),
+            joint=StageSchedule(2500, 0.01, 2000),
+        )
+        return dataclasses.replace(book, **overrides)
+
+    @property
+    def num_anchors(self) -> int:
+        """k, the number of anchors per sliding-window position (paper §3.1.1: k = 9)."""
+        return len(self.anchor_scales) * len(self.anchor_ratios)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        values = dict(values)
+        for name in ("stage_rpn1", "stage_det1", "stage_rpn2", "stage_det2", "joint"):
+            if isinstance(values.get(name), dict):
+                values[name] = StageSchedule(**values[name])
+        for f in dataclasses.fields(cls):
+            if isinstance(values.get(f.name), list):
+                values[f.name] = tuple(values[f.name])
+        return cls(**values)
+
+
+PRESETS = {"paper": Config.paper, "book": Config.book}
+
+
+def get_config(preset: str, **overrides) -> Config:
+    """The named preset (`"paper"` or `"book"`) with keyword overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset](**overrides)

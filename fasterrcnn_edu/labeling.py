@@ -1,0 +1,116 @@
+"""Which anchors are objects? Labeling and mini-batch sampling for the RPN (paper §3.1.2).
+
+An anchor is **positive** if (i) it is (one of) the anchor(s) with the highest IoU with some
+ground-truth box, or (ii) its IoU with any ground-truth box is higher than 0.7. It is **negative**
+if it is not positive and its IoU is lower than 0.3 with every ground-truth box. Everything else
+is ignored. Anchors that cross the image boundary are ignored during training (paper §3.3).
+Each image then contributes a random mini-batch of 256 anchors, up to half of them positive.
+
+Everything is batched: ground truth is padded to (B, G, 4) with a validity mask, so one call
+labels all images without a Python loop over images, anchors or boxes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fasterrcnn_edu.boxes import box_iou
+
+POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
+
+
+@dataclass
+class AnchorLabels:
+    """labels: (B, A) int8 in {1, 0, -1}; matched_gt: (B, A) int64 index of the best ground truth;
+    max_iou: (B, A) float32, that best IoU (-1 for anchors outside the image)."""
+
+    labels: Tensor
+    matched_gt: Tensor
+    max_iou: Tensor
+
+
+def pad_ground_truth(boxes: list[Tensor], device=None) -> tuple[Tensor, Tensor]:
+    """Stack per-image ground truth of different lengths.
+
+    boxes: list of B tensors (G_b, 4) -> padded (B, G, 4) with G = max(1, max G_b) and valid (B, G) bool.
+    """
+    device = device if device is not None else (boxes[0].device if boxes else "cpu")
+    max_boxes = max([1] + [b.shape[0] for b in boxes])
+    padded = torch.zeros(len(boxes), max_boxes, 4, device=device)
+    valid = torch.zeros(len(boxes), max_boxes, dtype=torch.bool, device=device)
+    for i, b in enumerate(boxes):          # a loop over images, not boxes
+        padded[i, : b.shape[0]] = b
+        valid[i, : b.shape[0]] = True
+    return padded, valid
+
+
+def inside_image(anchors: Tensor, image_sizes: Tensor) -> Tensor:
+    """anchors: (A, 4), image_sizes: (B, 2) as (height, width) -> (B, A) True where fully inside."""
+    height, width = image_sizes[:, 0:1].to(anchors.dtype), image_sizes[:, 1:2].to(anchors.dtype)
+    return ((anchors[None, :, 0] >= 0) & (anchors[None, :, 1] >= 0)
+            & (anchors[None, :, 2] <= width) & (anchors[None, :, 3] <= height))
+
+
+def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_sizes: Tensor | None = None,
+                  fg_iou: float = 0.7, bg_iou: float = 0.3) -> AnchorLabels:
+    """Label every anchor of every image positive, negative or ignored (paper §3.1.2).
+
+    anchors: (A, 4); gt_boxes: (B, G, 4) padded; gt_valid: (B, G) bool;
+    image_sizes: (B, 2) (height, width) — if given, anchors crossing the boundary are ignored (§3.3).
+    """
+    batch = gt_boxes.shape[0]
+    iou = box_iou(anchors.expand(batch, -1, -1), gt_boxes)                  # (B, A, G)
+    usable = gt_valid[:, None, :].expand_as(iou)
+    if image_sizes is not None:
+        usable = usable & inside_image(anchors, image_sizes)[:, :, None]
+    # -1 marks "not comparable": padding, or an anchor we may not train on.
+    iou = torch.where(usable, iou, torch.full_like(iou, -1.0))
+
+    max_iou, matched_gt = iou.max(dim=2)                                    # (B, A) best ground truth per anchor
+    labels = torch.full_like(matched_gt, IGNORED, dtype=torch.int8)
+    eligible = inside_image(anchors, image_sizes) if image_sizes is not None else torch.ones_like(max_iou, dtype=torch.bool)
+    labels[eligible & (max_iou < bg_iou)] = NEGATIVE
+    labels[max_iou > fg_iou] = POSITIVE
+
+    # Rule (i): the best anchor(s) of each ground truth are positive even if their IoU is low,
+    # so that every object gets at least one positive. Ties count; a box no anchor touches does not.
+    best_per_gt = iou.max(dim=1, keepdim=True).values                       # (B, 1, G)
+    is_best = (iou == best_per_gt) & (best_per_gt > 0)
+    labels[is_best.any(dim=2)] = POSITIVE
+    return AnchorLabels(labels, matched_gt, max_iou)
+
+
+def _random_rank(mask: Tensor, noise: Tensor) -> Tensor:
+    """Rank of each element among the True elements of its row, in a random order given by `noise`.
+
+    mask, noise: (B, N) -> (B, N) int64 ranks 0, 1, 2 ... for True elements (False elements rank last).
+    """
+    keys = torch.where(mask, noise, torch.full_like(noise, 2.0))
+    order = keys.argsort(dim=1)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(mask.shape[1], device=mask.device).expand_as(order))
+    return ranks
+
+
+def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positive_fraction: float,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Random mini-batch per row: up to `batch_size * positive_fraction` positives, padded with negatives.
+
+    positive, negative: (B, N) bool -> sampled_positive, sampled_negative: (B, N) bool.
+    Shared by the RPN (256 anchors, 1:1) and the Fast R-CNN head (128 RoIs, 25 % foreground).
+    Works on masks of fixed shape, so it never synchronises with the host.
+    """
+    gen_device = generator.device if generator is not None else positive.device
+    noise = torch.rand(positive.shape, generator=generator, device=gen_device).to(positive.device)
+    num_pos = torch.clamp(positive.sum(dim=1), max=int(batch_size * positive_fraction))
+    num_neg = torch.clamp(batch_size - num_pos, min=0)
+    sampled_pos = positive & (_random_rank(positive, noise) < num_pos[:, None])
+    sampled_neg = negative & (_random_rank(negative, noise) < num_neg[:, None])
+    return sampled_pos, sampled_neg
+
+
+def gather_matched(gt_boxes: Tensor, matched_gt: Tensor) -> Tensor:
+    """gt_boxes: (B, G, 4), matched_gt: (B, N) -> (B, N, 4) the matched ground-truth box of each element."""
+    return gt_boxes.gather(1, matched_gt[..., None].expand(-1, -1, 4))

@@ -1,0 +1,82 @@
+"""Faster R-CNN: one network in which the RPN and the Fast R-CNN detector share conv features (paper §3).
+
+    image → backbone (shared conv layers) → feature map ─┬→ RPN → proposals ─┐
+                                                         └──────────────────→ RoI pooling → Fast R-CNN head → detections
+
+The interface is torchvision's (`torchvision.models.detection.FasterRCNN`), so one can replace the
+other: images are a list of (3, H, W) float tensors in [0, 1] of any size; in training,
+`model(images, targets)` returns a dict of the four losses; in eval, `model(images)` returns one dict
+per image with `boxes` (x1, y1, x2, y2 in the input image's pixels), `labels` and `scores`.
+`rpn_losses` and `detector_losses` expose the two halves separately for the 4-step training.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fasterrcnn_edu.backbones import build_backbone
+from fasterrcnn_edu.config import Config
+from fasterrcnn_edu.roi_heads import FastRCNNPredictor, RoIHeads
+from fasterrcnn_edu.rpn import RegionProposalNetwork
+from fasterrcnn_edu.transforms import ImageBatch, ImageTransform
+
+
+class FasterRCNN(nn.Module):
+    def __init__(self, cfg: Config | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg if cfg is not None else Config.book()
+        self.backbone, box_head = build_backbone(cfg.backbone, cfg.roi_output_size, cfg.head_hidden,
+                                                 cfg.backbone_weights, cfg.frozen_layers)
+        self.rpn = RegionProposalNetwork(cfg, self.backbone.out_channels, self.backbone.stride)
+        self.roi_heads = RoIHeads(box_head, FastRCNNPredictor(box_head.out_features, cfg.num_classes), cfg,
+                                  spatial_scale=1.0 / self.backbone.stride)
+        self.transform = ImageTransform(cfg.min_size, cfg.max_size, cfg.image_mean, cfg.image_std,
+                                        cfg.size_divisible)
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        """Use `generator` for the random anchor and RoI mini-batches (reproducible training)."""
+        self.rpn.generator = generator
+        self.roi_heads.generator = generator
+
+    # -- the two halves ------------------------------------------------------------------------
+    def propose(self, batch: ImageBatch, features: Tensor) -> list[Tensor]:
+        """RPN proposals (B tensors (P_b, 4), resized-image pixels) with the current mode's top-N."""
+        proposals, _ = self.rpn(features, batch)
+        return proposals
+
+    def rpn_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        """Train the RPN alone (4-step training, steps 1 and 3): its two loss terms."""
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        _, losses = self.rpn(features, batch, targets, propose=False)
+        return losses
+
+    def detector_losses(self, images: list[Tensor], targets: list[dict],
+                        proposer: "FasterRCNN | None" = None) -> dict[str, Tensor]:
+        """Train the Fast R-CNN half on fixed proposals (steps 2 and 4): its two loss terms.
+
+        Proposals come from `proposer`'s RPN (the step-1 or step-3 network, with its own backbone)
+        or, if None, from this model's own RPN — in both cases without gradient.
+        """
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        source = proposer if proposer is not None else self
+        with torch.no_grad():
+            source_features = features if source is self else source.backbone(batch.tensors)
+            proposals = source.propose(batch, source_features)
+        _, losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        return losses
+
+    # -- torchvision's interface -----------------------------------------------------------------
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        """Training: dict of losses (RPN and detector summed = approximate joint training). Eval: detections."""
+        if self.training and targets is None:
+            raise ValueError("in training mode the model needs targets (list of dicts with 'boxes' and 'labels')")
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        proposals, rpn_losses = self.rpn(features, batch, targets if self.training else None)
+        detections, det_losses = self.roi_heads(features, proposals, batch.image_sizes,
+                                                targets if self.training else None)
+        if self.training:
+            return {**rpn_losses, **det_losses}
+        return self.transform.postprocess(detections, batch)

@@ -1,0 +1,53 @@
+"""From RPN outputs to region proposals (paper §3.3, "Implementation Details").
+
+decode the predicted deltas on every anchor → clip to the image → drop boxes smaller than a
+minimum size (scaled with the image) → keep the top-N by objectness (12000 train / 6000 test)
+→ NMS at IoU 0.7 → keep the top-N again (2000 train / 300 test).
+
+Proposals are treated as constants by whatever consumes them: the paper's alternating training
+fixes them, and its approximate joint training ignores their gradient w.r.t. box coordinates.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fasterrcnn_edu.boxes import clip_boxes, decode, small_box_mask
+from fasterrcnn_edu.nms import nms
+
+
+def objectness_scores(objectness: Tensor) -> Tensor:
+    """Probability of "object" from either RPN variant: (B, A, 2) softmax logits or (B, A) sigmoid logits -> (B, A)."""
+    if objectness.dim() == 3:
+        return torch.softmax(objectness.float(), dim=-1)[..., 1]
+    return torch.sigmoid(objectness.float())
+
+
+@torch.no_grad()
+def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_sizes: Tensor,
+                       pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float = 0.7,
+                       min_size: float | Tensor = 16.0) -> tuple[list[Tensor], list[Tensor]]:
+    """Turn RPN predictions for B images into at most `post_nms_top_n` proposals each.
+
+    anchors: (A, 4); objectness: (B, A, 2) or (B, A) logits; deltas: (B, A, 4);
+    image_sizes: (B, 2) (height, width) of the resized images; min_size: a float or (B,) per-image
+    minimum side in resized-image pixels. Returns per image boxes (P_b, 4) and scores (P_b,),
+    sorted by descending objectness.
+    """
+    scores = objectness_scores(objectness)                                   # (B, A)
+    boxes = clip_boxes(decode(anchors[None], deltas), image_sizes)            # (B, A, 4)
+    min_size = torch.as_tensor(min_size, dtype=boxes.dtype, device=boxes.device).reshape(-1, 1)
+    # Small boxes are dropped by giving them a score below any real one, keeping shapes fixed.
+    scores = torch.where(small_box_mask(boxes, min_size), scores, torch.full_like(scores, -1.0))
+
+    top_scores, top_index = scores.topk(min(pre_nms_top_n, scores.shape[1]), dim=1)  # (B, N)
+    top_boxes = boxes.gather(1, top_index[..., None].expand(-1, -1, 4))
+
+    proposals, proposal_scores = [], []
+    for image_boxes, image_scores in zip(top_boxes, top_scores):             # a loop over images
+        valid = image_scores >= 0
+        image_boxes, image_scores = image_boxes[valid], image_scores[valid]
+        keep = nms(image_boxes, image_scores, nms_thresh)[:post_nms_top_n]
+        proposals.append(image_boxes[keep])
+        proposal_scores.append(image_scores[keep])
+    return proposals, proposal_scores

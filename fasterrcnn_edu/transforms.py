@@ -1,0 +1,109 @@
+"""Image preparation inside the model: rescale, normalise, batch — and the way back.
+
+The paper rescales every image so its shorter side is s = 600 pixels with the longer side at
+most 1000 (§3.3, released code); boxes scale with it. Images are normalised with the backbone's
+statistics and zero-padded into one batch tensor whose sides are multiples of the stride. After
+detection, boxes are scaled back to the caller's original image size. As in torchvision's
+detection models, callers pass plain [0, 1] RGB tensors of any size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class ImageBatch:
+    """tensors: (B, 3, H, W) padded; image_sizes: (B, 2) int64 (height, width) of each resized image
+    inside the padding; scales: (B,) float32 resize factors; original_sizes: [(height, width)]."""
+
+    tensors: Tensor
+    image_sizes: Tensor
+    scales: Tensor
+    original_sizes: list[tuple[int, int]]
+
+
+def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+    """The factor that makes the shorter side `min_size`, unless the longer would exceed `max_size`."""
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return scale
+
+
+def resize_image(image: Tensor, scale: float) -> Tensor:
+    """image: (3, H, W) -> (3, round(H * scale), round(W * scale)), bilinear. No-op at scale 1."""
+    if scale == 1.0:
+        return image
+    size = (round(image.shape[-2] * scale), round(image.shape[-1] * scale))
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def normalize(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(image - mean) / std per channel; image: (3, H, W) in [0, 1]."""
+    mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
+    std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
+    return (image - mean_t) / std_t
+
+
+def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Mirror image: (3, H, W) and boxes: (N, 4) left-right: x1' = W - x2, x2' = W - x1."""
+    width = image.shape[-1]
+    flipped = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
+    return image.flip(-1), flipped
+
+
+def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor, Tensor]:
+    """Zero-pad images (3, H_b, W_b) into (B, 3, H, W) with H, W multiples of `size_divisible`.
+
+    Returns the batch and image_sizes (B, 2) int64.
+    """
+    sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64)
+    height, width = (torch.ceil(sizes.max(dim=0).values / size_divisible) * size_divisible).long().tolist()
+    batch = images[0].new_zeros(len(images), 3, height, width)
+    for img, slot in zip(images, batch):                          # a loop over images
+        slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
+    return batch, sizes.to(images[0].device)
+
+
+class ImageTransform:
+    """Resize + normalise + batch on the way in (`__call__`), scale boxes back on the way out."""
+
+    def __init__(self, min_size: int, max_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 size_divisible: int = 16):
+        self.min_size, self.max_size = min_size, max_size
+        self.mean, self.std = mean, std
+        self.size_divisible = size_divisible
+
+    def __call__(self, images: list[Tensor], targets: list[dict] | None = None
+                 ) -> tuple[ImageBatch, list[dict] | None]:
+        prepared, scales, original_sizes = [], [], []
+        for image in images:
+            height, width = image.shape[-2:]
+            scale = resize_scale(height, width, self.min_size, self.max_size)
+            prepared.append(resize_image(normalize(image, self.mean, self.std), scale))
+            scales.append(scale)
+            original_sizes.append((int(height), int(width)))
+        tensors, image_sizes = batch_images(prepared, self.size_divisible)
+        scales_t = torch.tensor(scales, dtype=torch.float32, device=tensors.device)
+        if targets is not None:
+            # Sizes were rounded, so each axis gets its own exact factor.
+            targets = [dict(t, boxes=t["boxes"].float() * _xy_factors(size, orig).to(t["boxes"].device))
+                       for t, size, orig in zip(targets, image_sizes.tolist(), original_sizes)]
+        return ImageBatch(tensors, image_sizes, scales_t, original_sizes), targets
+
+    def postprocess(self, detections: list[dict], batch: ImageBatch) -> list[dict]:
+        """Map detection boxes from resized-image pixels back to each original image."""
+        out = []
+        for det, size, orig in zip(detections, batch.image_sizes.tolist(), batch.original_sizes):
+            out.append(dict(det, boxes=det["boxes"] / _xy_factors(size, orig).to(det["boxes"].device)))
+        return out
+
+
+def _xy_factors(resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
+    """(4,) factors (sx, sy, sx, sy) from original to resized pixels."""
+    sy, sx = resized[0] / original[0], resized[1] / original[1]
+    return torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
