@@ -80,3 +80,26 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **det_losses}
         return self.transform.postprocess(detections, batch)
+
+
+class UnsharedFasterRCNN(nn.Module):
+    """Steps 1–2 of the 4-step scheme only: an RPN network and a detector network with separate backbones.
+
+    The book compares it with shared features: same detector interface, twice the conv computation.
+    """
+
+    def __init__(self, rpn_net: FasterRCNN, detector_net: FasterRCNN):
+        super().__init__()
+        self.rpn_net = rpn_net
+        self.detector_net = detector_net
+        self.cfg = detector_net.cfg
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        if self.training:
+            raise RuntimeError("UnsharedFasterRCNN is trained stage by stage (fasterrcnn_edu.training); "
+                               "use it in eval mode")
+        batch, _ = self.detector_net.transform(images)
+        proposals = self.rpn_net.propose(batch, self.rpn_net.backbone(batch.tensors))
+        features = self.detector_net.backbone(batch.tensors)
+        detections, _ = self.detector_net.roi_heads(features, proposals, batch.image_sizes)
+        return self.detector_net.transform.postprocess(detections, batch)

@@ -170,6 +170,7 @@ class RoIHeads(nn.Module):
         self.predictor = predictor
         self.cfg = cfg
         self.spatial_scale = spatial_scale
+        self.generator: torch.Generator | None = None   # seedable RoI sampling
 
     def classify(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Pool every box of every image and run the head: -> logits (ΣR_b, K+1), deltas (ΣR_b, K, 4)."""
@@ -178,15 +179,14 @@ class RoIHeads(nn.Module):
         return self.predictor(self.box_head(pooled))
 
     def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: Tensor,
-                targets: list[dict] | None = None, generator: torch.Generator | None = None):
+                targets: list[dict] | None = None):
         """Training (targets given): returns ({}, losses). Eval: returns (detections per image, {})."""
         if targets is not None:
-            return {}, self.losses(features, proposals, targets, generator)
+            return {}, self.losses(features, proposals, targets)
         logits, deltas = self.classify(features, proposals)
         return self.postprocess(logits, deltas, proposals, image_sizes), {}
 
-    def losses(self, features: Tensor, proposals: list[Tensor], targets: list[dict],
-               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def losses(self, features: Tensor, proposals: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         cfg = self.cfg
         gt_boxes, gt_valid = pad_ground_truth([t["boxes"] for t in targets], features.device)
         gt_labels = torch.zeros(gt_valid.shape, dtype=torch.int64, device=features.device)
@@ -194,7 +194,7 @@ class RoIHeads(nn.Module):
         rois, labels, target_deltas = sample_rois(
             [p.detach() for p in proposals], gt_boxes, gt_labels, gt_valid, cfg.roi_batch_size,
             cfg.roi_positive_fraction, cfg.roi_fg_iou, cfg.roi_bg_iou_low, cfg.roi_bg_iou_high,
-            cfg.box_coder_std, generator)
+            cfg.box_coder_std, self.generator)
         logits, deltas = self.classify(features, list(rois))
         return fast_rcnn_losses(logits, deltas, labels.flatten(), target_deltas.flatten(0, 1),
                                 cfg.det_lambda, cfg.det_smooth_l1_beta)

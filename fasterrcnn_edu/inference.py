@@ -1,0 +1,72 @@
+"""Running a trained detector over a dataset: detections, proposals, and the paper's measurements.
+
+`evaluate_model` gives what the paper reports: VOC07 mAP@0.5 (11-point) and the area-AP of
+VOC2010+, a COCO-style AP@[.5:.95] cross-check, and recall vs IoU of the RPN's proposals (§4).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fasterrcnn_edu.evaluation import evaluate_coco, evaluate_voc, recall_vs_iou
+
+
+def _batches(dataset, batch_size: int):
+    for start in range(0, len(dataset), batch_size):
+        yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset, device="cpu", batch_size: int = 4, progress: bool = False
+                    ) -> tuple[list[dict], list[dict]]:
+    """Detections (on CPU) and targets for every image of `dataset`, in dataset order."""
+    model.eval()
+    detections, targets = [], []
+    batches = _batches(dataset, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="detect")
+    for batch in batches:
+        outputs = model([image.to(device) for image, _ in batch])
+        detections += [{k: v.cpu() for k, v in out.items()} for out in outputs]
+        targets += [target for _, target in batch]
+    return detections, targets
+
+
+@torch.no_grad()
+def predict_proposals(model: nn.Module, dataset, top_n: int = 2000, device="cpu", batch_size: int = 4
+                      ) -> list[Tensor]:
+    """The RPN's top-`top_n` proposals per image, sorted by objectness, in original image pixels."""
+    rpn_net = getattr(model, "rpn_net", model)          # an UnsharedFasterRCNN proposes with its RPN network
+    rpn_net.eval()
+    saved = rpn_net.cfg.rpn_post_nms_top_n_test
+    rpn_net.cfg.rpn_post_nms_top_n_test = top_n
+    try:
+        proposals = []
+        for batch in _batches(dataset, batch_size):
+            images = [image.to(device) for image, _ in batch]
+            prepared, _ = rpn_net.transform(images)
+            boxes = rpn_net.propose(prepared, rpn_net.backbone(prepared.tensors))
+            as_detections = [{"boxes": b} for b in boxes]
+            proposals += [d["boxes"].cpu() for d in rpn_net.transform.postprocess(as_detections, prepared)]
+    finally:
+        rpn_net.cfg.rpn_post_nms_top_n_test = saved
+    return proposals
+
+
+def evaluate_model(model: nn.Module, dataset, classes: list[str], device="cpu", batch_size: int = 4,
+                   proposal_counts=(300, 1000, 2000), progress: bool = False) -> dict:
+    """mAP (VOC07 11-point and area), COCO AP, and recall-vs-IoU curves of the proposals."""
+    detections, targets = predict_dataset(model, dataset, device, batch_size, progress)
+    voc07 = evaluate_voc(detections, targets, len(classes) + 1, use_07_metric=True, class_names=classes)
+    voc12 = evaluate_voc(detections, targets, len(classes) + 1, use_07_metric=False, class_names=classes)
+    coco = evaluate_coco(detections, targets, classes, num_classes=len(classes) + 1)
+    proposals = predict_proposals(model, dataset, max(proposal_counts), device, batch_size)
+    gt = [t["boxes"] for t in targets]
+    difficult = [t.get("difficult", torch.zeros(len(t["boxes"]), dtype=torch.bool)) for t in targets]
+    recall = {}
+    for n in proposal_counts:
+        thresholds, values = recall_vs_iou(proposals, gt, n, difficult=difficult)
+        recall[n] = {"iou": thresholds.tolist(), "recall": values.tolist()}
+    return {"voc07": voc07, "voc12": voc12, "coco": coco, "recall_vs_iou": recall,
+            "detections": detections, "targets": targets, "proposals": proposals}

@@ -1,0 +1,571 @@
+"""Plotting: every figure of the book is drawn by a function of this module.
+
+All functions take tensors or NumPy arrays, draw into an optional Matplotlib ``ax`` (a new
+figure is made when it is None) and return the Axes (or the Figure for multi-panel plots). They
+never call ``plt.show()``: the notebook displays the figure, scripts save it.
+
+One visual language throughout: class c always has colour ``tab10[c % 10]``; boxes are unfilled
+rectangles; detections are solid with a "name score" tag in a small filled box; ground truth
+is dashed. Box convention: (x1, y1, x2, y2) continuous pixel coordinates (pixel (i, j) covers
+[j, j+1) x [i, i+1)), so boxes are drawn exactly at their coordinates over the image.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+__all__ = [
+    "class_color", "show_image", "draw_boxes", "plot_detections", "plot_anchors",
+    "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_proposals", "plot_nms_steps",
+    "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
+    "plot_loss_curves", "plot_feature_map", "image_grid",
+]
+
+GT_COLOR = "#00d5ff"          # ground truth when no class is known
+POSITIVE_COLOR = "tab:green"
+NEGATIVE_COLOR = "tab:red"
+SUPPRESSED_COLOR = "0.55"
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+def _np(x) -> np.ndarray:
+    """Tensor (any device) or array-like -> NumPy array."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (6, 4.5)) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def class_color(label: int) -> tuple[float, float, float, float]:
+    """The fixed colour of class `label` (tab10, cycling every 10 classes)."""
+    return plt.get_cmap("tab10")(int(label) % 10)
+
+
+def _class_name(label: int, class_names: Sequence[str] | None) -> str:
+    """class_names indexed by label (background first, 1..K) or foreground only (0..K-1)."""
+    if class_names is None:
+        return str(int(label))
+    names = list(class_names)
+    if str(names[0]).lower() in ("__background__", "background"):
+        return str(names[int(label)]) if int(label) < len(names) else str(int(label))
+    idx = int(label) - 1
+    return str(names[idx]) if 0 <= idx < len(names) else str(int(label))
+
+
+def _image_hwc(image) -> np.ndarray:
+    """(3, H, W) tensor in [0, 1] / uint8, or (H, W, 3) / (H, W) array -> array for imshow."""
+    arr = _np(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)                    # CHW -> HWC
+    elif arr.ndim == 3 and isinstance(image, torch.Tensor) and arr.shape[0] in (1, 3):
+        arr = arr.transpose(1, 2, 0)                    # tensors are always CHW
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
+    return arr
+
+
+def _show_or_blank(ax: Axes, image, image_size: tuple[int, int] | None) -> None:
+    """Draw `image`, or a light-grey canvas of `image_size` (H, W) when there is no image."""
+    if image is not None:
+        show_image(image, ax=ax)
+    elif image_size is not None:
+        h, w = int(image_size[0]), int(image_size[1])
+        ax.imshow(np.full((h, w, 3), 0.88), extent=(0, w, h, 0))
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+
+
+def _fit_view(ax: Axes, boxes: np.ndarray, image_size: tuple[int, int] | None, pad: float = 4.0) -> None:
+    """Set limits covering the image (if any) and all boxes, y pointing down like an image."""
+    x_lo, y_lo, x_hi, y_hi = [], [], [], []
+    if image_size is not None:
+        x_lo.append(0), y_lo.append(0), x_hi.append(image_size[1]), y_hi.append(image_size[0])
+    if len(boxes):
+        x_lo.append(boxes[:, 0].min() - pad), y_lo.append(boxes[:, 1].min() - pad)
+        x_hi.append(boxes[:, 2].max() + pad), y_hi.append(boxes[:, 3].max() + pad)
+    if x_lo:
+        ax.set_xlim(min(x_lo), max(x_hi))
+        ax.set_ylim(max(y_hi), min(y_lo))
+    ax.set_aspect("equal")
+
+
+# ----------------------------------------------------------------------------------------------
+# Images and boxes
+# ----------------------------------------------------------------------------------------------
+
+def show_image(image, ax: Axes | None = None) -> Axes:
+    """Show an image. image: (3, H, W) tensor in [0, 1] (or uint8), or an (H, W, 3) uint8 /
+    float array, or (H, W) grayscale. Extent is set so that pixel (i, j) covers [j, j+1) x
+    [i, i+1), matching continuous box coordinates."""
+    ax = _axes(ax)
+    arr = _image_hwc(image)
+    h, w = arr.shape[:2]
+    ax.imshow(arr, extent=(0, w, h, 0), cmap="gray" if arr.ndim == 2 else None)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.axis("off")
+    return ax
+
+
+def draw_boxes(ax: Axes, boxes, labels=None, scores=None, class_names: Sequence[str] | None = None,
+               color=None, linewidth: float = 1.5, linestyle: str = "-", alpha: float = 1.0,
+               fontsize: float = 7.0) -> Axes:
+    """Draw boxes (N, 4) x1,y1,x2,y2 as unfilled rectangles (adds exactly N Rectangle patches).
+
+    labels: optional (N,) ints -> colour per class and a name tag; scores: optional (N,) ->
+    "name 0.93" tag. color: one colour for all boxes (overrides the class colours), or a list
+    of N colours.
+    """
+    boxes = _np(boxes).reshape(-1, 4)
+    labels = None if labels is None else _np(labels).reshape(-1)
+    scores = None if scores is None else _np(scores).reshape(-1)
+    n = len(boxes)
+    if color is not None:
+        colors = [color] * n if mcolors.is_color_like(color) else list(color)
+    elif labels is not None:
+        colors = [class_color(c) for c in labels]
+    else:
+        colors = [GT_COLOR] * n
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colors[i],
+                               linewidth=linewidth, linestyle=linestyle, alpha=alpha))
+        parts = []
+        if labels is not None:
+            parts.append(_class_name(labels[i], class_names))
+        if scores is not None:
+            parts.append(f"{scores[i]:.2f}")
+        if parts:
+            ax.text(x1, y1, " ".join(parts), fontsize=fontsize, color="white", va="bottom",
+                    ha="left", alpha=alpha, clip_on=True,
+                    bbox=dict(facecolor=colors[i], edgecolor="none", alpha=0.8 * alpha, pad=1.0))
+    return ax
+
+
+def plot_detections(image, detections: Mapping, class_names: Sequence[str] | None = None,
+                    score_threshold: float = 0.5, targets: Mapping | None = None,
+                    ax: Axes | None = None, title: str | None = None) -> Axes:
+    """An image with its detections (solid, "name score") above `score_threshold`, and
+    optionally the ground truth `targets` (dict with boxes, labels) dashed.
+
+    detections: dict with boxes (D, 4), labels (D,), scores (D,).
+    """
+    ax = show_image(image, ax=ax)
+    if targets is not None:
+        draw_boxes(ax, targets["boxes"], labels=targets.get("labels"), class_names=class_names,
+                   linestyle="--", linewidth=1.2)
+    scores = _np(detections["scores"]).reshape(-1)
+    keep = scores >= score_threshold
+    draw_boxes(ax, _np(detections["boxes"]).reshape(-1, 4)[keep],
+               labels=_np(detections["labels"]).reshape(-1)[keep], scores=scores[keep],
+               class_names=class_names, linewidth=2.0)
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Anchors and the RPN (paper Sec. 3.1)
+# ----------------------------------------------------------------------------------------------
+
+def _group_index(values: np.ndarray, decimals: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each value among the sorted distinct values (rounded). -> (index (N,), uniques)."""
+    uniques, index = np.unique(np.round(values, decimals), return_inverse=True)
+    return index.reshape(-1), uniques
+
+
+def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | None = None,
+                 image=None, color_by: str | Sequence[int] | None = "scale") -> Axes:
+    """Draw anchors (A, 4) — e.g. the k = 9 anchors of one position — over an image or a blank
+    canvas of image_size (H, W). The view grows to show anchors that cross the border.
+
+    centers: optional (C, 2) x, y points to mark (sliding-window positions).
+    color_by: "scale" (sqrt of area), "ratio" (height / width), a sequence of A group indices,
+    or None (one colour). A legend names the groups.
+    """
+    ax = _axes(ax)
+    anchors = _np(anchors).reshape(-1, 4).astype(np.float64)
+    _show_or_blank(ax, image, image_size)
+    w = anchors[:, 2] - anchors[:, 0]
+    h = anchors[:, 3] - anchors[:, 1]
+    names = None
+    if color_by == "scale":
+        group, uniques = _group_index(np.sqrt(w * h), 1)
+        names = [f"scale {u:g}" for u in uniques]
+    elif color_by == "ratio":
+        group, uniques = _group_index(h / np.maximum(w, 1e-9), 2)
+        names = [f"ratio {u:g}" for u in uniques]
+    elif color_by is None:
+        group = np.zeros(len(anchors), dtype=int)
+    else:
+        group = np.asarray(color_by, dtype=int).reshape(-1)
+    colors = [class_color(g) for g in group]
+    draw_boxes(ax, anchors, color=colors, linewidth=1.5)
+    if centers is not None:
+        c = _np(centers).reshape(-1, 2)
+        ax.scatter(c[:, 0], c[:, 1], s=12, c="k", marker="o", zorder=3)
+    if names is not None:
+        ax.legend(handles=[Line2D([], [], color=class_color(i), label=n) for i, n in enumerate(names)],
+                  fontsize=7, loc="upper right")
+    _fit_view(ax, anchors, image_size)
+    return ax
+
+
+def anchor_centers(feature_size: tuple[int, int], stride: float, offset: float = 0.5) -> np.ndarray:
+    """(h * w, 2) x, y image coordinates of the sliding-window positions, row-major.
+
+    offset = 0.5 puts position (y, x) at ((x + 0.5) * stride, (y + 0.5) * stride), the centre of
+    the anchors of `fasterrcnn_edu.anchors.base_anchors(base_size=stride)`.
+    """
+    fh, fw = int(feature_size[0]), int(feature_size[1])
+    ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+    return np.stack([(xs.ravel() + offset) * stride, (ys.ravel() + offset) * stride], axis=1)
+
+
+def plot_anchor_grid(feature_size: tuple[int, int], stride: float, image_size: tuple[int, int],
+                     ax: Axes | None = None, image=None, offset: float = 0.5,
+                     show_cells: bool = True) -> Axes:
+    """The sliding-window positions of the RPN: one dot per feature-map cell (h, w) at its
+    image location (stride apart), optionally with the stride x stride cell grid."""
+    ax = _axes(ax)
+    _show_or_blank(ax, image, image_size)
+    centers = anchor_centers(feature_size, stride, offset)
+    fh, fw = int(feature_size[0]), int(feature_size[1])
+    if show_cells:
+        # Cell borders: each cell is the stride x stride image patch of one feature position.
+        xs = np.arange(fw + 1) * stride
+        ys = np.arange(fh + 1) * stride
+        ax.vlines(xs, 0, fh * stride, colors="0.4", linewidth=0.4)
+        ax.hlines(ys, 0, fw * stride, colors="0.4", linewidth=0.4)
+    ax.scatter(centers[:, 0], centers[:, 1], s=6, c="tab:red", zorder=3)
+    ax.set_title(f"{fh}x{fw} positions, stride {stride:g}", fontsize=9)
+    _fit_view(ax, np.zeros((0, 4)), image_size)
+    return ax
+
+
+def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
+                       max_negatives: int = 50, seed: int = 0) -> Axes:
+    """Anchor labelling for RPN training (paper Sec. 3.1.2).
+
+    anchors: (A, 4); labels: (A,) with 1 = positive, 0 = negative, -1 = ignored; gt_boxes: (G, 4).
+    Draws every positive (green), a random sample of at most max_negatives negatives (thin red)
+    and the ground truth (thick). Ignored anchors are not drawn.
+    """
+    ax = show_image(image, ax=ax)
+    anchors = _np(anchors).reshape(-1, 4)
+    labels = _np(labels).reshape(-1)
+    negatives = np.flatnonzero(labels == 0)
+    if len(negatives) > max_negatives:
+        negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
+    draw_boxes(ax, anchors[negatives], color=NEGATIVE_COLOR, linewidth=0.6, alpha=0.7)
+    draw_boxes(ax, anchors[labels == 1], color=POSITIVE_COLOR, linewidth=1.3)
+    draw_boxes(ax, gt_boxes, color=GT_COLOR, linewidth=3.0)
+    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+    ax.legend(handles=[Line2D([], [], color=POSITIVE_COLOR, label=f"positive ({n_pos})"),
+                       Line2D([], [], color=NEGATIVE_COLOR, lw=0.6,
+                              label=f"negative ({len(negatives)} of {n_neg})"),
+                       Line2D([], [], color=GT_COLOR, lw=3, label="ground truth")],
+              fontsize=7, loc="upper right")
+    return ax
+
+
+def plot_proposals(image, proposals, scores=None, top: int = 50, ax: Axes | None = None,
+                   title: str | None = None, cmap: str = "viridis") -> Axes:
+    """The `top` best proposals (P, 4) over the image, coloured and faded by score.
+
+    Without scores, proposals are taken to be sorted already and coloured by rank.
+    """
+    ax = show_image(image, ax=ax)
+    boxes = _np(proposals).reshape(-1, 4)
+    if scores is not None:
+        s = _np(scores).reshape(-1).astype(np.float64)
+        order = np.argsort(-s, kind="stable")[:top]
+        boxes, s = boxes[order], s[order]
+    else:
+        boxes = boxes[:top]
+        s = np.linspace(1.0, 0.0, len(boxes)) if len(boxes) > 1 else np.ones(len(boxes))
+    lo, hi = (s.min(), s.max()) if len(s) else (0.0, 1.0)
+    norm = mcolors.Normalize(lo, hi if hi > lo else lo + 1e-6)
+    colormap = plt.get_cmap(cmap)
+    # Draw the weakest first so the strongest end up on top.
+    for box, value in list(zip(boxes, s))[::-1]:
+        v = float(norm(value))
+        draw_boxes(ax, box[None], color=colormap(v), linewidth=0.6 + 1.4 * v, alpha=0.35 + 0.65 * v)
+    if scores is not None and len(s):
+        mappable = plt.cm.ScalarMappable(norm=norm, cmap=colormap)
+        ax.figure.colorbar(mappable, ax=ax, fraction=0.035, pad=0.02, label="score")
+    ax.set_title(title if title is not None else f"top {len(boxes)} proposals")
+    return ax
+
+
+def plot_nms_steps(boxes, scores, keep, ax: Axes | None = None, image=None,
+                   image_size: tuple[int, int] | None = None) -> Axes:
+    """The outcome of NMS: kept boxes (indices `keep`) solid and coloured with their score and
+    rank, suppressed ones dashed grey with their score. boxes: (N, 4), scores: (N,)."""
+    ax = _axes(ax)
+    boxes = _np(boxes).reshape(-1, 4)
+    scores = _np(scores).reshape(-1)
+    keep = _np(keep).reshape(-1).astype(int)
+    if image is not None:
+        show_image(image, ax=ax)
+        image_size = _image_hwc(image).shape[:2]
+    suppressed = np.setdiff1d(np.arange(len(boxes)), keep)
+    for i in suppressed:
+        draw_boxes(ax, boxes[i][None], color=SUPPRESSED_COLOR, linestyle="--", linewidth=1.0)
+        ax.text(boxes[i, 2], boxes[i, 3], f"{scores[i]:.2f}", fontsize=7, color=SUPPRESSED_COLOR,
+                ha="right", va="bottom")
+    for rank, i in enumerate(keep):
+        draw_boxes(ax, boxes[i][None], color=class_color(rank), linewidth=2.0)
+        ax.text(boxes[i, 0], boxes[i, 1], f"#{rank + 1} {scores[i]:.2f}", fontsize=7, color="white",
+                va="bottom", bbox=dict(facecolor=class_color(rank), edgecolor="none", pad=1.0))
+    if image is None:
+        _fit_view(ax, boxes, image_size)
+    ax.legend(handles=[Line2D([], [], color="k", lw=2, label=f"kept ({len(keep)})"),
+                       Line2D([], [], color=SUPPRESSED_COLOR, ls="--",
+                              label=f"suppressed ({len(suppressed)})")], fontsize=7, loc="best")
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# RoI pooling (Fast R-CNN, Girshick 2015, Sec. 2.1)
+# ----------------------------------------------------------------------------------------------
+
+def roi_pool_bins(feature_map, roi, output_size: tuple[int, int] = (7, 7)):
+    """Bins and maxima of Fast R-CNN RoI max pooling on one 2-D feature map.
+
+    feature_map: (h, w); roi: (4,) x1,y1,x2,y2 in feature-map coordinates (already multiplied
+    by the spatial scale). Follows the original Caffe layer, as ``torchvision.ops.roi_pool``
+    does: the RoI is snapped to cells by rounding and counted inclusively, H = y2' - y1' + 1
+    cells tall; bin k of `out_h` spans rows floor(k * H / out_h) .. ceil((k + 1) * H / out_h) - 1
+    (offset by y1', clipped to the map), so neighbouring bins may share a row.
+
+    Returns (bins (out_h, out_w, 4) int [row0, row1, col0, col1) half-open, values
+    (out_h, out_w) max per bin (0 for an empty bin, as the layer does), argmax (out_h, out_w, 2)
+    row, col of the max (-1 for an empty bin)).
+    """
+    fmap = _np(feature_map).astype(np.float64)
+    fh, fw = fmap.shape
+    out_h, out_w = int(output_size[0]), int(output_size[1])
+    # C's round() (Caffe, torchvision) rounds halves away from zero; np.round would go to even.
+    x1, y1, x2, y2 = [int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
+                      for v in _np(roi).reshape(4).astype(np.float64)]
+    roi_h, roi_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+    bin_h, bin_w = roi_h / out_h, roi_w / out_w
+    rows0 = np.clip(np.floor(np.arange(out_h) * bin_h).astype(int) + y1, 0, fh)
+    rows1 = np.clip(np.ceil((np.arange(out_h) + 1) * bin_h).astype(int) + y1, 0, fh)
+    cols0 = np.clip(np.floor(np.arange(out_w) * bin_w).astype(int) + x1, 0, fw)
+    cols1 = np.clip(np.ceil((np.arange(out_w) + 1) * bin_w).astype(int) + x1, 0, fw)
+    bins = np.zeros((out_h, out_w, 4), dtype=int)
+    values = np.zeros((out_h, out_w))
+    argmax = np.full((out_h, out_w, 2), -1, dtype=int)
+    for i in range(out_h):              # at most 7 x 7 bins: a readable double loop
+        for j in range(out_w):
+            bins[i, j] = rows0[i], rows1[i], cols0[j], cols1[j]
+            patch = fmap[rows0[i]:rows1[i], cols0[j]:cols1[j]]
+            if patch.size:
+                r, c = np.unravel_index(np.argmax(patch), patch.shape)
+                values[i, j] = patch[r, c]
+                argmax[i, j] = rows0[i] + r, cols0[j] + c
+    return bins, values, argmax
+
+
+def plot_roi_pool(feature_map, roi, output_size: tuple[int, int] = (7, 7), ax: Axes | None = None,
+                  cmap: str = "viridis") -> Axes:
+    """RoI max pooling on a (h, w) feature map: the map (one square per cell), the RoI as given
+    (dashed white), its grid of out_h x out_w bins on the snapped cells (solid orange), and the
+    max of every bin (red x). Adds 1 + out_h * out_w Rectangle patches. See `roi_pool_bins`.
+
+    As in the Caffe layer, feature coordinate v is the *centre* of cell v, so cell (r, c) is
+    drawn over [c - 0.5, c + 0.5) x [r - 0.5, r + 0.5) (Matplotlib's default for imshow).
+    """
+    ax = _axes(ax, figsize=(5, 5))
+    fmap = _np(feature_map).astype(np.float64)
+    fh, fw = fmap.shape
+    bins, values, argmax = roi_pool_bins(fmap, roi, output_size)
+    ax.imshow(fmap, cmap=cmap, extent=(-0.5, fw - 0.5, fh - 0.5, -0.5), interpolation="nearest")
+    x1, y1, x2, y2 = _np(roi).reshape(4).astype(np.float64)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white",
+                           linestyle="--", linewidth=1.5))
+    for r0, r1, c0, c1 in bins.reshape(-1, 4):
+        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False,
+                               edgecolor="orange", linewidth=1.2, alpha=0.9))
+    found = argmax.reshape(-1, 2)
+    found = found[found[:, 0] >= 0]
+    ax.scatter(found[:, 1], found[:, 0], marker="x", c="red", s=30, zorder=3)
+    ax.set_xlim(-0.5, fw - 0.5)
+    ax.set_ylim(fh - 0.5, -0.5)
+    ax.set_title(f"RoI max pooling to {output_size[0]}x{output_size[1]}", fontsize=9)
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation curves
+# ----------------------------------------------------------------------------------------------
+
+def plot_pr_curves(result, ax: Axes | None = None, max_classes: int | None = None) -> Axes:
+    """Precision-recall curve of every class of a `fasterrcnn_edu.evaluation.VOCResult`,
+    with its AP in the legend (classes with no ground truth are skipped)."""
+    ax = _axes(ax)
+    keys = [k for k in result.ap if not math.isnan(result.ap[k])][:max_classes]
+    for i, k in enumerate(keys):
+        label = getattr(result, "labels", {}).get(k, i + 1)
+        rec, prec = np.asarray(result.recall[k]), np.asarray(result.precision[k])
+        # As the devkit plots it: one point per detection; markers keep short curves visible.
+        ax.plot(rec, prec, "-", marker="." if len(rec) <= 50 else None, markersize=4,
+                color=class_color(label), linewidth=1.2, label=f"{k} ({100 * result.ap[k]:.1f})")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    metric = "VOC07" if getattr(result, "use_07_metric", True) else "VOC10+"
+    ax.set_title(f"mAP = {100 * result.map:.1f} ({metric})")
+    ax.legend(fontsize=7, ncol=2 if len(keys) > 10 else 1, loc="lower left")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_recall_vs_iou(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], ax: Axes | None = None,
+                       title: str | None = None) -> Axes:
+    """Recall vs IoU threshold, one line per method (the paper's Figure 4).
+
+    curves: name -> (thresholds (T,), recall (T,)), e.g. from `evaluation.recall_vs_iou`.
+    """
+    ax = _axes(ax, figsize=(4.5, 4))
+    markers = "osd^v<>p*h"
+    for i, (name, (t, r)) in enumerate(curves.items()):
+        ax.plot(_np(t), _np(r), marker=markers[i % len(markers)], markersize=3.5, linewidth=1.3,
+                color=class_color(i), label=name)
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0, 1.0)
+    ax.set_xlabel("IoU")
+    ax.set_ylabel("Recall")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential moving average, debiased like TensorBoard's smoothing. values: (T,) finite."""
+    out = np.empty_like(values)
+    avg, norm = 0.0, 0.0
+    for i, v in enumerate(values):     # sequential by definition; logs are short
+        avg = weight * avg + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out[i] = avg / norm
+    return out
+
+
+def _log_columns(log) -> dict[str, np.ndarray]:
+    """list of records or dict of lists -> dict of equal-length arrays (NaN where missing)."""
+    if isinstance(log, Mapping):
+        cols = {k: list(v) for k, v in log.items()}
+        n = max((len(v) for v in cols.values()), default=0)
+        if "step" not in cols:
+            cols["step"] = list(range(n))
+        return {k: np.asarray(v, dtype=object) for k, v in cols.items()}
+    keys = []
+    for rec in log:
+        keys += [k for k in rec if k not in keys]
+    cols = {k: np.asarray([rec.get(k, np.nan) for rec in log], dtype=object) for k in keys}
+    if "step" not in cols:
+        cols["step"] = np.arange(len(log), dtype=object)
+    return cols
+
+
+def plot_loss_curves(log, keys: Sequence[str] | None = None, ax: Axes | None = None,
+                     smooth: float = 0.0) -> Axes:
+    """Training losses vs step.
+
+    log: list of records like {"step": 10, "loss_rpn_cls": 0.6, ..., "lr": 1e-3, "stage": "1"}
+    (keys may be missing from some records, e.g. RPN-only stages of 4-step alternating
+    training), or a dict of lists (with an optional "step" list). keys: what to plot; default
+    every key starting with "loss". smooth: EMA weight in [0, 1) (0 = raw). When records carry a
+    "stage", a dotted vertical line marks each stage change.
+    """
+    ax = _axes(ax, figsize=(7, 4))
+    cols = _log_columns(log)
+    steps = cols["step"].astype(np.float64)
+    if keys is None:
+        keys = [k for k in cols if k.startswith("loss")]
+    for i, k in enumerate(keys):
+        y = np.asarray([np.nan if v is None else v for v in cols[k]], dtype=np.float64)
+        ok = np.isfinite(y)
+        x, y = steps[ok], y[ok]
+        if smooth > 0 and len(y):
+            ax.plot(x, y, color=class_color(i), alpha=0.25, linewidth=0.8)
+            y = _ema(y, smooth)
+        ax.plot(x, y, color=class_color(i), linewidth=1.3, label=k)
+    if "stage" in cols:
+        stages = cols["stage"]
+        change = np.flatnonzero(stages[1:] != stages[:-1]) + 1
+        for c in change:
+            ax.axvline(steps[c], color="0.5", linestyle=":", linewidth=1.0)
+            ax.text(steps[c], 0.98, f" {stages[c]}", transform=ax.get_xaxis_transform(),
+                    fontsize=7, va="top", color="0.3")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature maps and image grids
+# ----------------------------------------------------------------------------------------------
+
+def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 4,
+               size: float = 3.0) -> tuple[Figure, np.ndarray]:
+    """A grid of images (any format `show_image` takes). Returns (figure, axes) with axes a
+    flat array of length rows * ncols; unused cells are hidden."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    axes = axes.ravel()
+    for i, ax in enumerate(axes):
+        if i < n:
+            show_image(images[i], ax=ax)
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=9)
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_feature_map(features, channels: int = 8, ncols: int = 4, cmap: str = "viridis") -> Figure:
+    """The first `channels` channels of a (C, h, w) feature map, one panel each."""
+    feats = _np(features)
+    if feats.ndim == 4:             # (1, C, h, w) batch of one
+        feats = feats[0]
+    n = min(channels, feats.shape[0])
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(feats[i], cmap=cmap, interpolation="nearest")
+            ax.set_title(f"channel {i}", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,170 @@
+"""Smoke-and-count tests for fasterrcnn_edu.viz: every plotting function runs on small inputs,
+returns the documented object and draws the expected artists."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from fasterrcnn_edu import viz  # noqa: E402
+from fasterrcnn_edu.evaluation import evaluate_voc  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _rects(ax: Axes) -> list[Rectangle]:
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+IMAGE = torch.rand(3, 48, 64)
+BOXES = torch.tensor([[2.0, 3, 20, 30], [10, 10, 40, 40], [30, 5, 60, 45]])
+
+
+def test_show_image_formats():
+    ax = viz.show_image(IMAGE)
+    assert isinstance(ax, Axes) and len(ax.images) == 1
+    assert ax.images[0].get_array().shape == (48, 64, 3)
+    hwc = (np.random.rand(48, 64, 3) * 255).astype(np.uint8)
+    ax2 = viz.show_image(hwc)
+    assert ax2.images[0].get_array().shape == (48, 64, 3)
+    assert ax2.get_xlim() == (0, 64) and ax2.get_ylim() == (48, 0)
+
+
+def test_draw_boxes_counts_and_labels():
+    ax = viz.show_image(IMAGE)
+    out = viz.draw_boxes(ax, BOXES, labels=torch.tensor([1, 2, 1]), scores=torch.tensor([0.9, 0.5, 0.3]),
+                         class_names=["__background__", "cat", "dog"])
+    assert out is ax and len(_rects(ax)) == 3
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["cat 0.90", "dog 0.50", "cat 0.30"]
+    # Same class -> same colour; box geometry is exact.
+    assert _rects(ax)[0].get_edgecolor() == _rects(ax)[2].get_edgecolor()
+    assert _rects(ax)[1].get_xy() == (10.0, 10.0) and _rects(ax)[1].get_width() == 30.0
+    ax2 = viz.draw_boxes(plt.subplots()[1], BOXES.numpy(), color="red", linestyle="--")
+    assert len(_rects(ax2)) == 3 and len(ax2.texts) == 0
+
+
+def test_plot_detections_threshold_and_targets():
+    det = {"boxes": BOXES, "labels": torch.tensor([1, 2, 1]), "scores": torch.tensor([0.9, 0.6, 0.2])}
+    tgt = {"boxes": BOXES[:2], "labels": torch.tensor([1, 2])}
+    ax = viz.plot_detections(IMAGE, det, ["cat", "dog"], score_threshold=0.5, targets=tgt, title="t")
+    rects = _rects(ax)
+    assert len(rects) == 2 + 2                                 # 2 gt (dashed) + 2 above threshold
+    assert sum(r.get_linestyle() == "--" for r in rects) == 2
+    assert ax.get_title() == "t"
+
+
+def test_plot_anchors_and_grid():
+    from fasterrcnn_edu.anchors import base_anchors
+    anchors = base_anchors() + torch.tensor([100.0, 80, 100, 80])
+    ax = viz.plot_anchors(anchors, image_size=(200, 240), centers=torch.tensor([[108.0, 88.0]]),
+                          color_by="scale")
+    assert len(_rects(ax)) == 9
+    assert len(ax.get_legend().get_texts()) == 3              # three scales
+    colors = {r.get_edgecolor() for r in _rects(ax)}
+    assert len(colors) == 3
+    ax = viz.plot_anchors(anchors, image_size=(200, 240), color_by="ratio", image=torch.rand(3, 200, 240))
+    assert len(ax.get_legend().get_texts()) == 3
+    # Anchors crossing the border stay visible.
+    assert ax.get_xlim()[0] < 0 or ax.get_xlim()[1] > 240
+    ax = viz.plot_anchor_grid((3, 4), 16, (48, 64))
+    assert len(ax.collections[-1].get_offsets()) == 12
+    np.testing.assert_allclose(viz.anchor_centers((3, 4), 16)[:2], [[8, 8], [24, 8]])
+
+
+def test_plot_anchor_labels_counts():
+    anchors = torch.tensor([[0.0, 0, 10, 10]] * 100)
+    labels = torch.full((100,), -1)
+    labels[:3] = 1
+    labels[3:83] = 0                                           # 80 negatives, 50 drawn
+    ax = viz.plot_anchor_labels(IMAGE, anchors, labels, BOXES[:2], max_negatives=50, seed=0)
+    assert len(_rects(ax)) == 3 + 50 + 2
+
+
+def test_plot_proposals_top_and_scores():
+    props = torch.tensor([[0.0, 0, 10, 10]] * 80) + torch.arange(80.0)[:, None] % 30
+    ax = viz.plot_proposals(IMAGE, props, scores=torch.rand(80), top=20, title="RPN")
+    assert len(_rects(ax)) == 20 and ax.get_title() == "RPN"
+    ax = viz.plot_proposals(IMAGE, props[:5])
+    assert len(_rects(ax)) == 5
+
+
+def test_plot_nms_steps():
+    from fasterrcnn_edu.nms import nms
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [21, 20, 31, 30]])
+    keep = nms(boxes, scores, 0.5)
+    ax = viz.plot_nms_steps(boxes, scores, keep)
+    rects = _rects(ax)
+    assert len(rects) == 4
+    assert sum(r.get_linestyle() == "--" for r in rects) == 4 - len(keep) == 2
+    assert any(t.get_text().startswith("#1 0.90") for t in ax.texts)
+
+
+def test_roi_pool_bins_match_torchvision():
+    torch.manual_seed(0)
+    fmap = torch.randn(14, 17)
+    for roi, size in [((2.0, 3.0, 12.0, 10.0), (7, 7)), ((0.4, 0.6, 16.5, 13.5), (2, 2)),
+                      ((5.0, 5.0, 6.0, 7.0), (7, 7)), ((1.2, 2.7, 9.9, 4.4), (3, 5))]:
+        _, values, argmax = viz.roi_pool_bins(fmap, torch.tensor(roi), size)
+        expected = torchvision.ops.roi_pool(fmap[None, None], [torch.tensor([roi])], size, 1.0)[0, 0]
+        np.testing.assert_allclose(values, expected.numpy(), rtol=0, atol=1e-6)
+        found = argmax[argmax[..., 0] >= 0]
+        np.testing.assert_allclose(fmap.numpy()[found[:, 0], found[:, 1]], values[argmax[..., 0] >= 0])
+
+
+def test_plot_roi_pool_patches():
+    fmap = torch.rand(10, 12)
+    ax = viz.plot_roi_pool(fmap, torch.tensor([1.0, 2.0, 9.0, 8.0]), output_size=(2, 2))
+    assert len(_rects(ax)) == 1 + 4
+    assert len(ax.collections[-1].get_offsets()) == 4             # one max marker per bin
+    ax = viz.plot_roi_pool(fmap, torch.tensor([1.0, 2.0, 9.0, 8.0]))
+    assert len(_rects(ax)) == 1 + 49
+
+
+def test_plot_pr_curves():
+    targets = [{"boxes": BOXES, "labels": torch.tensor([1, 2, 1])}]
+    dets = [{"boxes": BOXES, "labels": torch.tensor([1, 2, 1]), "scores": torch.tensor([0.9, 0.8, 0.7])}]
+    result = evaluate_voc(dets, targets, num_classes=4, class_names=["cat", "dog", "cow"])
+    ax = viz.plot_pr_curves(result)
+    assert len(ax.lines) == 2                                  # cow has no gt: skipped
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cat (100.0)", "dog (100.0)"]
+
+
+def test_plot_recall_vs_iou():
+    t = np.linspace(0.5, 1.0, 11)
+    ax = viz.plot_recall_vs_iou({"RPN": (t, 1 - t), "SW": (t, (1 - t) / 2)}, title="300 proposals")
+    assert len(ax.lines) == 2 and ax.get_xlim() == (0.5, 1.0) and ax.get_title() == "300 proposals"
+
+
+def test_plot_loss_curves_records_and_dict():
+    log = [{"step": i, "loss_rpn_cls": 1.0 / (i + 1), "loss_rpn_reg": 0.5, "lr": 1e-3, "stage": "rpn1"}
+           for i in range(10)]
+    log += [{"step": i, "loss_det_cls": 2.0 / i, "loss_det_reg": 0.3, "lr": 1e-3, "stage": "frcn2"}
+            for i in range(10, 20)]
+    ax = viz.plot_loss_curves(log)
+    assert len(ax.lines) == 4 + 1                              # four losses + one stage boundary
+    assert len(ax.lines[0].get_xdata()) == 10                  # rpn loss only where logged
+    ax = viz.plot_loss_curves(log, keys=["loss_rpn_cls"], smooth=0.6)
+    assert len(ax.lines) == 2 + 1                              # raw (faint) + smoothed + boundary
+    ax = viz.plot_loss_curves({"loss": [3.0, 2.0, 1.5]})
+    assert len(ax.lines) == 1 and list(ax.lines[0].get_xdata()) == [0, 1, 2]
+
+
+def test_feature_map_and_image_grid():
+    fig = viz.plot_feature_map(torch.rand(16, 6, 7), channels=8)
+    assert isinstance(fig, Figure) and sum(len(a.images) for a in fig.axes) == 8
+    fig, axes = viz.image_grid([IMAGE, IMAGE, IMAGE.numpy().transpose(1, 2, 0)], titles=["a", "b", "c"], ncols=2)
+    assert isinstance(fig, Figure) and len(axes) == 4
+    assert [a.get_title() for a in axes[:3]] == ["a", "b", "c"] and not axes[3].axison
