@@ -1,0 +1,173 @@
+"""COCO-format annotations: `CocoDataset` reads a COCO JSON file, `write_coco_json` writes one.
+
+    {"images":      [{"id": 1, "file_name": "000001.jpg", "width": 320, "height": 256}, ...],
+     "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [x, y, w, h],
+                      "area": w * h, "iscrowd": 0}, ...],
+     "categories":  [{"id": 3, "name": "triangle"}, ...]}
+
+COCO boxes are [x, y, width, height] in the same continuous pixel coordinates we use, so
+x1, y1, x2, y2 = x, y, x + width, y + height, with no +-1. Category ids may have gaps (COCO's
+go from 1 to 90 for 80 classes); they become contiguous labels 1..K in increasing id order.
+`iscrowd` objects become `difficult` ones: both mean "neither a hit nor a miss" to the metric.
+
+`write_coco_json` exports a VOC dataset so that the same boxes can be scored by a COCO
+evaluator (difficult -> iscrowd = 1; the extra key "truncated" carries VOC's flag along).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from fasterrcnn_edu.data.dataset import DetectionDataset, RepairLog, Transform, make_record
+from fasterrcnn_edu.data.errors import DataError
+from fasterrcnn_edu.data.images import image_size
+from fasterrcnn_edu.data.voc import check_classes
+
+
+class CocoDataset(DetectionDataset):
+    """A detection dataset from a COCO JSON file; `ds[i]` -> (image, target) as `VOCDataset`.
+
+    Args:
+        image_dir: the folder that the JSON's "file_name"s are relative to.
+        annotation_json: the COCO annotation file.
+        transforms: optional callable (image, target) -> (image, target).
+
+    `ds.classes` are the category names in increasing category id order; `ds.category_ids[k-1]`
+    is the COCO id of label k, and `ds.ids` the images' COCO ids (target["image_id"] is
+    `str(coco_id)`). Images appear in the order of the JSON's "images" list.
+    """
+
+    def __init__(self, image_dir: str | os.PathLike, annotation_json: str | os.PathLike,
+                 transforms: Transform | None = None) -> None:
+        self.image_dir = self.root = Path(image_dir).expanduser()
+        self.annotation_json = path = Path(annotation_json).expanduser()
+        data = _read_json(path)
+
+        categories = sorted(_entries(path, data, "categories", ("id", "name")), key=lambda c: c["id"])
+        category_ids = [c["id"] for c in categories]
+        if len(set(category_ids)) != len(category_ids):
+            raise DataError(path, f"category ids are not unique: {category_ids}")
+        try:
+            classes = check_classes(c["name"] for c in categories)
+        except ValueError as e:
+            raise DataError(path, f"categories: {e}") from None
+        label_of = {cat_id: k for k, cat_id in enumerate(category_ids, start=1)}
+        self.category_ids = category_ids
+
+        images = _entries(path, data, "images", ("id", "file_name", "width", "height"))
+        image_index = {}
+        for i, entry in enumerate(images):
+            if entry["id"] in image_index:
+                raise DataError(path, f"image id {entry['id']!r} appears twice", f"images[{i}]")
+            image_index[entry["id"]] = i
+
+        objects_of = defaultdict(list)  # image id -> [(box, label, difficult, truncated)]
+        for i, ann in enumerate(_entries(path, data, "annotations", ("image_id", "category_id", "bbox"))):
+            where = f"annotations[{i}]" + (f" (id {ann['id']})" if "id" in ann else "")
+            if ann["image_id"] not in image_index:
+                raise DataError(path, f"image_id {ann['image_id']!r} is not in 'images'", where)
+            if ann["category_id"] not in label_of:
+                raise DataError(path, f"unknown category_id {ann['category_id']!r}; known categories: "
+                                      + ", ".join(f"{c['id']}={c['name']}" for c in categories), where)
+            x, y, w, h = _bbox(path, ann["bbox"], where)
+            objects_of[ann["image_id"]].append(((x, y, x + w, y + h), label_of[ann["category_id"]],
+                                                bool(ann.get("iscrowd", 0)), bool(ann.get("truncated", 0))))
+
+        log = RepairLog()
+        records = []
+        for i, entry in enumerate(images):
+            image_path = self.image_dir / _relative_file_name(path, entry["file_name"], f"images[{i}]")
+            objects = objects_of[entry["id"]]
+            records.append(make_record(
+                image_id=str(entry["id"]), image_path=image_path, annotation_path=f"{path} images[{i}]",
+                real_size=image_size(image_path), declared_size=(entry["width"], entry["height"]),
+                boxes=np.array([o[0] for o in objects], dtype=np.float32).reshape(-1, 4),
+                labels=np.array([o[1] for o in objects], dtype=np.int64),
+                difficult=np.array([o[2] for o in objects], dtype=bool),
+                truncated=np.array([o[3] for o in objects], dtype=bool),
+                log=log,
+            ))
+        super().__init__(records, classes, transforms, log)
+        self.ids = [entry["id"] for entry in images]
+        log.warn(f"CocoDataset({str(path)!r})")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DataError(path, "annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON: {e.msg}", f"line {e.lineno}, column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object at the top, got {type(data).__name__}")
+    return data
+
+
+def _entries(path: Path, data: dict, key: str, required: tuple[str, ...]) -> list[dict]:
+    """data[key], checked to be a list of objects that have all the `required` keys."""
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        raise DataError(path, f"missing or malformed top-level list {key!r}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(path, "expected a JSON object", f"{key}[{i}]")
+        missing = [k for k in required if k not in entry]
+        if missing:
+            raise DataError(path, f"missing key(s) {missing}", f"{key}[{i}]")
+    return entries
+
+
+def _bbox(path: Path, bbox, where: str) -> tuple[float, float, float, float]:
+    """A COCO bbox [x, y, w, h] as four finite floats, or DataError."""
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise DataError(path, f"bbox must be a list [x, y, width, height], got {bbox!r}", where)
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise DataError(path, f"bbox has a non-numeric value: {bbox!r}", where) from None
+    if not all(math.isfinite(v) for v in values) or any(isinstance(v, bool) for v in bbox):
+        raise DataError(path, f"bbox has a non-finite or non-numeric value: {bbox!r}", where)
+    return tuple(values)
+
+
+def _relative_file_name(path: Path, file_name, where: str) -> Path:
+    """A "file_name" as a path inside the image folder (subfolders allowed, "..", "/x" not)."""
+    if not isinstance(file_name, str) or not file_name:
+        raise DataError(path, f"file_name must be a non-empty string, got {file_name!r}", where)
+    parts = PurePosixPath(file_name.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts or ":" in file_name:
+        raise DataError(path, f"file_name {file_name!r} points outside the image folder", where)
+    return Path(*parts.parts)
+
+
+def write_coco_json(dataset: DetectionDataset, path: str | os.PathLike) -> None:
+    """Export a dataset's annotations (not its images) as a COCO JSON file.
+
+    Image i of the dataset gets COCO id i + 1 and its file's base name as "file_name" (so the
+    image folder of a VOC set is root/"JPEGImages"); label k gets category id k. Difficult
+    objects are written with iscrowd = 1. Byte-for-byte deterministic.
+    """
+    images, annotations = [], []
+    for i, r in enumerate(dataset.records):
+        images.append({"id": i + 1, "file_name": r.image_path.name, "width": r.width, "height": r.height})
+        for box, label, difficult, truncated in zip(r.boxes.tolist(), r.labels.tolist(),
+                                                    r.difficult.tolist(), r.truncated.tolist()):
+            x1, y1, x2, y2 = box
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": label,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": int(difficult), "truncated": int(truncated),
+            })
+    categories = [{"id": k, "name": name} for k, name in enumerate(dataset.classes, start=1)]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        f.write("\n")
