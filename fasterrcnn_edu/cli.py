@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = (
     "fasterrcnn_edu.data.commands",   # make-data, check-data
     "fasterrcnn_edu.commands",        # train, eval, detect
+    "fasterrcnn_edu.bench",           # bench
 )
 
 

@@ -47,6 +47,21 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.set_defaults(func=train_command)
 
+    p = subparsers.add_parser("pretrain", formatter_class=formatter_class,
+                              help="pre-train the backbone on object crops (the book's ImageNet stand-in)",
+                              description="Step 0 (the paper starts from ImageNet): train the backbone to "
+                                          "classify crops of the training objects and background; writes a "
+                                          "weights file for `train --backbone-weights`.")
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="VOC-layout folder")
+    p.add_argument("--split", default="trainval", help="split whose objects are cropped")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="book", help="configuration preset (its backbone)")
+    p.add_argument("--steps", type=int, default=1500, help="SGD steps (8 images' crops each)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", type=Path, default=Path("runs/backbone.pt"), help="weights file to write")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda'")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.set_defaults(func=pretrain_command)
+
     p = subparsers.add_parser("eval", formatter_class=formatter_class, help="evaluate a trained detector",
                               description="VOC mAP per class (11-point VOC07 and area AP), COCO AP@[.5:.95] and "
                                           "recall vs IoU of the proposals; writes metrics.json and PNG plots.")
@@ -108,6 +123,26 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"done in {result.seconds:.0f} s: {args.out / 'model.pt'}, log in {args.out / 'log.csv'}")
+    return 0
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from fasterrcnn_edu.config import get_config
+    from fasterrcnn_edu.data import DataError, VOCDataset
+    from fasterrcnn_edu.pretrain import pretrain_backbone
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        dataset = VOCDataset(args.data, args.split)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    cfg = get_config(args.preset, num_classes=len(dataset.classes) + 1)
+    _, log = pretrain_backbone(dataset, cfg, args.steps, out_path=args.out, device=pick_device(args.device),
+                               seed=args.seed)
+    print(f"crop accuracy {log[-1]['accuracy']:.3f} after {args.steps} steps ({log[-1]['seconds']:.0f} s); "
+          f"wrote {args.out}")
     return 0
 
 

@@ -131,7 +131,7 @@ class Config:
 
     @property
     def num_anchors(self) -> int:
-        """k, the number of anchors per sliding-window position (paper §3.1.1: k = 9)."""
+        """The number k of anchors per sliding-window position (k = 9 in paper §3.1.1)."""
         return len(self.anchor_scales) * len(self.anchor_ratios)
 
     def to_dict(self) -> dict:

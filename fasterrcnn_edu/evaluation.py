@@ -94,12 +94,12 @@ class VOCResult:
     """Per-class results of `evaluate_voc`. All dicts are keyed by class name (or by label
     index when no class names were given), foreground classes only, in label order.
 
-    ap: AP per class; NaN for a class with no non-difficult ground truth (npos == 0).
-    map: mean of the non-NaN APs (classes without ground truth are excluded from the mean).
-    precision, recall: (D_c,) arrays, one entry per non-ignored detection of the class in
-        descending-score order (detections on difficult objects are dropped; they would only
-        repeat the previous point and leave the AP unchanged).
-    npos: number of non-difficult ground-truth boxes per class.
+    - ap: AP per class; NaN for a class with no non-difficult ground truth (npos == 0).
+    - map: mean of the non-NaN APs (classes without ground truth are excluded from the mean).
+    - precision, recall: (D_c,) arrays, one entry per non-ignored detection of the class in
+      descending-score order (detections on difficult objects are dropped; they would only
+      repeat the previous point and leave the AP unchanged).
+    - npos: number of non-difficult ground-truth boxes per class.
     """
 
     ap: dict
@@ -217,13 +217,13 @@ def evaluate_voc(detections: Sequence[dict], targets: Sequence[dict], num_classe
                  class_names: Sequence[str] | None = None) -> VOCResult:
     """PASCAL VOC detection evaluation (devkit ``VOCevaldet``) over a whole dataset.
 
-    detections: per image, dict with ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,) int.
-    targets: per image, dict with ``boxes`` (G, 4), ``labels`` (G,) and optionally
-        ``difficult`` (G,) bool. Difficult objects are not counted in npos, and a detection
-        matched to one is ignored (neither TP nor FP).
-    num_classes: number of classes *including* background (K + 1, as the paper's cls layer
-        and torchvision); labels 1..K are evaluated.
-    class_names: optional names, indexed by label (length K + 1) or foreground only (length K).
+    - detections: per image, dict with ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,) int.
+    - targets: per image, dict with ``boxes`` (G, 4), ``labels`` (G,) and optionally
+      ``difficult`` (G,) bool. Difficult objects are not counted in npos, and a detection
+      matched to one is ignored (neither TP nor FP).
+    - num_classes: number of classes *including* background (K + 1, as the paper's cls layer
+      and torchvision); labels 1..K are evaluated.
+    - class_names: optional names, indexed by label (length K + 1) or foreground only (length K).
 
     A class with no non-difficult ground truth gets AP = NaN and is left out of the mean.
     """

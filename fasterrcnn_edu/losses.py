@@ -18,7 +18,7 @@ from torch import Tensor
 
 
 def smooth_l1(input: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
-    """Fast R-CNN Eq. 3, elementwise: 0.5 x² / β if |x| < β else |x| - 0.5 β."""
+    """Fast R-CNN Eq. 3, elementwise: 0.5 x² / β if ``|x| < β`` else ``|x| - 0.5 β``."""
     return F.smooth_l1_loss(input, target, reduction="none", beta=beta)
 
 
@@ -49,6 +49,8 @@ def rpn_losses(objectness: Tensor, deltas: Tensor, target_deltas: Tensor, sample
     else:
         raise ValueError(f"normalization must be 'locations' or 'minibatch', got {normalization!r}")
     # where(), not a product: targets of non-positive anchors may be undefined (no ground truth).
+    # The targets are masked too, before smooth L1: a NaN there would make its gradient 0 * NaN = NaN.
+    target_deltas = torch.where(sampled_pos[..., None], target_deltas, torch.zeros_like(target_deltas))
     reg = smooth_l1(deltas.float(), target_deltas, beta).sum(dim=-1)
     loss_reg = lam * torch.where(sampled_pos, reg, torch.zeros_like(reg)).sum() / n_reg
     return {"loss_objectness": loss_cls, "loss_rpn_box_reg": loss_reg}
@@ -71,6 +73,8 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, t
     foreground = labels > 0
     class_index = (labels - 1).clamp(min=0)
     chosen = box_deltas[torch.arange(labels.shape[0], device=labels.device), class_index]   # (R, 4)
+    # Background and unused slots have no target (it may be NaN): mask it so no NaN reaches the gradient.
+    target_deltas = torch.where(foreground[:, None], target_deltas, torch.zeros_like(target_deltas))
     reg = smooth_l1(chosen.float(), target_deltas, beta).sum(dim=-1)
     loss_reg = lam * torch.where(foreground, reg, torch.zeros_like(reg)).sum() / n_used
     return {"loss_classifier": loss_cls, "loss_box_reg": loss_reg}

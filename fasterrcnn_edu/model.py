@@ -68,8 +68,17 @@ class FasterRCNN(nn.Module):
         return losses
 
     # -- torchvision's interface -----------------------------------------------------------------
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
-        """Training: dict of losses (RPN and detector summed = approximate joint training). Eval: detections."""
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, part: str = "both",
+                proposer: "FasterRCNN | None" = None):
+        """Training: dict of losses (RPN and detector summed = approximate joint training). Eval: detections.
+
+        `part="rpn"` / `part="detector"` (training only) compute one half's losses, as `rpn_losses` /
+        `detector_losses` do; going through forward() lets DistributedDataParallel see every call.
+        """
+        if part == "rpn":
+            return self.rpn_losses(images, targets)
+        if part == "detector":
+            return self.detector_losses(images, targets, proposer)
         if self.training and targets is None:
             raise ValueError("in training mode the model needs targets (list of dicts with 'boxes' and 'labels')")
         batch, targets = self.transform(images, targets)

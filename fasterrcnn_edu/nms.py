@@ -1,9 +1,11 @@
 """Non-maximum suppression (paper §3.3): keep the best-scoring box, drop boxes that overlap it, repeat.
 
 Two implementations that keep exactly the same boxes in the same order:
+
 - `nms_readable`: a few lines of pure PyTorch (one vectorised IoU row per kept box) that the
   book steps through with `nms_steps`;
 - `nms`: the fast path, torchvision's compiled kernel.
+
 Both sort scores with a *stable* descending sort (ties: lower index first) and suppress a box
 when IoU > threshold, computing IoU with the same arithmetic, so ties resolve identically.
 `batched_nms` runs NMS independently per category (per class, or per image).
@@ -28,8 +30,11 @@ def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[t
     while remaining.numel() > 0:
         best, rest = remaining[0], remaining[1:]
         overlaps = box_iou(boxes[best][None], boxes[rest])[0]
-        yield int(best), rest[overlaps > iou_threshold]
-        remaining = rest[~(overlaps > iou_threshold)]     # "not >" also keeps NaN IoUs, as torchvision does
+        # Compare in float64, as torchvision's kernel compares its float IoU with a double threshold:
+        # in float32, a threshold such as 0.3 would round to the IoU 0.3f and stop suppressing it.
+        suppress = overlaps.double() > iou_threshold
+        yield int(best), rest[suppress]
+        remaining = rest[~suppress]     # "not >" also keeps NaN IoUs, as torchvision does
 
 
 def nms_readable(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

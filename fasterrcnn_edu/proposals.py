@@ -40,7 +40,10 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     # Small boxes are dropped by giving them a score below any real one, keeping shapes fixed.
     scores = torch.where(small_box_mask(boxes, min_size), scores, torch.full_like(scores, -1.0))
 
-    top_scores, top_index = scores.topk(min(pre_nms_top_n, scores.shape[1]), dim=1)  # (B, N)
+    # A stable sort, not topk(): equal scores (common once the RPN saturates) keep anchor order, so the
+    # proposals do not depend on topk's unspecified tie order, which differs between devices.
+    top_scores, top_index = torch.sort(scores, dim=1, descending=True, stable=True)
+    top_scores, top_index = top_scores[:, :pre_nms_top_n], top_index[:, :pre_nms_top_n]    # (B, N)
     top_boxes = boxes.gather(1, top_index[..., None].expand(-1, -1, 4))
 
     proposals, proposal_scores = [], []

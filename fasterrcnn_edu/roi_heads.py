@@ -81,6 +81,8 @@ def pool_rois(features: Tensor, rois: Tensor, output_size: int, spatial_scale: f
 
     features: (B, C, H, W); rois: (R, 5) (batch index, x1, y1, x2, y2) -> (R, C, P, P).
     """
+    # Under mixed precision the RoIs stay fp32 (box arithmetic), so the pooling runs in fp32 too.
+    features, rois = features.float(), rois.float()
     if mode == "max":
         return torchvision.ops.roi_pool(features, rois, output_size, spatial_scale)
     if mode == "align":

@@ -7,6 +7,7 @@
   3. initialise the RPN from the detector's backbone, freeze the shared conv layers, fine-tune
      only the RPN's own layers;
   4. keep the shared layers frozen and fine-tune the detector's own layers on step-3 proposals.
+
 The result is one network whose RPN and detector share the conv layers.
 `joint` sums the four losses in one network (proposal coordinates are constants: "approximate"),
 `unshared` stops after step 2 and keeps two backbones.
@@ -46,7 +47,7 @@ class Stage:
 
     name: str
     network: str                      # key into the networks dict
-    loss: Callable[[dict, list, list], dict]
+    loss: Callable[[dict, dict, list, list], dict]   # (callables, raw networks, images, targets) -> losses
     trainable: Callable[[dict], list]
     schedule: StageSchedule
     prepare: Callable[[dict], None] = lambda nets: None   # e.g. copy weights in before the stage
@@ -71,19 +72,19 @@ def _start_step3(nets: dict) -> None:
 
 def build_stages(mode: str, cfg: Config) -> list[Stage]:
     if mode == "joint":
-        return [Stage("joint", "shared", lambda n, im, t: n["shared"](im, t),
+        return [Stage("joint", "shared", lambda c, n, im, t: c["shared"](im, t),
                       lambda n: _params(n["shared"]), cfg.joint)]
-    step1 = Stage("1-rpn", "rpn", lambda n, im, t: n["rpn"].rpn_losses(im, t),
+    step1 = Stage("1-rpn", "rpn", lambda c, n, im, t: c["rpn"](im, t, part="rpn"),
                   lambda n: _params(n["rpn"].backbone, n["rpn"].rpn), cfg.stage_rpn1)
-    step2 = Stage("2-detector", "shared", lambda n, im, t: n["shared"].detector_losses(im, t, proposer=n["rpn"]),
+    step2 = Stage("2-detector", "shared", lambda c, n, im, t: c["shared"](im, t, part="detector", proposer=n["rpn"]),
                   lambda n: _params(n["shared"].backbone, n["shared"].roi_heads), cfg.stage_det1)
     if mode == "unshared":
         return [step1, step2]
     if mode != "alternating":
         raise ValueError(f"unknown training mode {mode!r}; choose one of {MODES}")
-    step3 = Stage("3-rpn-frozen", "shared", lambda n, im, t: n["shared"].rpn_losses(im, t),
+    step3 = Stage("3-rpn-frozen", "shared", lambda c, n, im, t: c["shared"](im, t, part="rpn"),
                   lambda n: _params(n["shared"].rpn), cfg.stage_rpn2, prepare=_start_step3)
-    step4 = Stage("4-detector-frozen", "shared", lambda n, im, t: n["shared"].detector_losses(im, t),
+    step4 = Stage("4-detector-frozen", "shared", lambda c, n, im, t: c["shared"](im, t, part="detector"),
                   lambda n: _params(n["shared"].roi_heads), cfg.stage_det2,
                   prepare=lambda n: _freeze(n["shared"].backbone))
     return [step1, step2, step3, step4]
@@ -121,11 +122,18 @@ def batch_indices(step: int, batch_size: int, num_images: int, seed: int) -> lis
     return out
 
 
-def load_batch(dataset, step: int, cfg: Config, stage_index: int, device) -> tuple[list[Tensor], list[dict]]:
-    """Images and targets of one step, flipped with probability 1/2 if `cfg.flip` (the paper's augmentation)."""
+def load_batch(dataset, step: int, cfg: Config, stage_index: int, device, rank: int = 0, world_size: int = 1
+               ) -> tuple[list[Tensor], list[dict]]:
+    """Images and targets of one step, flipped with probability 1/2 if `cfg.flip` (the paper's augmentation).
+
+    With several processes (DDP), the global batch of `images_per_batch * world_size` images is
+    split so that rank r takes its own slice: a distributed sampler without sampler state.
+    """
     seed = cfg.seed + 7919 * stage_index
-    indices = batch_indices(step, cfg.images_per_batch, len(dataset), seed)
+    per_rank = cfg.images_per_batch
+    indices = batch_indices(step, per_rank * world_size, len(dataset), seed)
     coins = torch.rand(len(indices), generator=torch.Generator().manual_seed(seed * 31 + step))
+    indices, coins = indices[rank * per_rank:(rank + 1) * per_rank], coins[rank * per_rank:(rank + 1) * per_rank]
     images, targets = [], []
     for index, coin in zip(indices, coins.tolist()):
         image, target = dataset[index]
@@ -159,22 +167,28 @@ class TrainResult:
 def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path | None = None,
           device: str | torch.device = "cpu", resume: str | Path | None = None, log_every: int = 20,
           checkpoint_every: int = 500, progress: bool = True, stop_after: int | None = None,
-          classes: list[str] | None = None) -> TrainResult:
+          classes: list[str] | None = None, amp: str | None = None) -> TrainResult:
     """Train a detector on `dataset` (items: image (3,H,W) in [0,1], target dict with boxes/labels).
 
     out_dir: where `checkpoint.pt`, `model.pt`, `log.csv`/`log.jsonl` and `losses.png` go (None: nothing saved).
     stop_after: stop (after checkpointing) once this many steps of the whole run are done — for tests of resume.
+    amp: None, "bf16" or "fp16": autocast the networks (boxes and losses stay fp32; fp16 uses a GradScaler).
+    Under `torchrun` (an initialised torch.distributed process group) each stage's network is wrapped
+    in DistributedDataParallel, every rank trains on its own slice of each global batch, and only
+    rank 0 logs and writes files.
     """
     device = torch.device(device)
-    out = Path(out_dir) if out_dir is not None else None
+    rank, world_size = _distributed_rank_and_size()
+    out = Path(out_dir) if out_dir is not None and rank == 0 else None
     classes = list(classes if classes is not None else getattr(dataset, "classes", []))
     stages = build_stages(mode, cfg)
     nets = build_networks(mode, cfg)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     for net in nets.values():
         net.to(device).train()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    for net in nets.values():
         net.set_generator(generator)
+    amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start_stage, start_step, log, elapsed, optimizer_state = 0, 0, [], 0.0, None
     if resume is not None:
@@ -199,24 +213,26 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
         if not resuming_mid_stage:
             stage.prepare(nets)
         first_step = start_step if stage_index == start_stage else 0
-        params = stage.trainable(nets)
-        optimizer = torch.optim.SGD(params, lr=stage.schedule.lr, momentum=cfg.momentum,
+        optimizer = torch.optim.SGD(stage.trainable(nets), lr=stage.schedule.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
         if resuming_mid_stage:
             optimizer.load_state_dict(optimizer_state)
-        bar = _progress(stage, first_step, progress)
+        # DDP records which parameters train at construction, so wrap after this stage's freezing.
+        call = _wrap_for_ddp(nets, stage.network, device) if world_size > 1 else nets
+        bar = _progress(stage, first_step, progress and rank == 0)
         pending: list[tuple[int, dict[str, Tensor]]] = []
         for step in range(first_step, stage.schedule.iterations):
             lr = learning_rate(step, stage.schedule, cfg.warmup_iterations)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, targets = load_batch(dataset, step, cfg, stage_index, device)
-            losses = stage.loss(nets, images, targets)
-            total = sum(losses.values())
+            images, targets = load_batch(dataset, step, cfg, stage_index, device, rank, world_size)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = stage.loss(call, nets, images, targets)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            pending.append((step, {k: v.detach() for k, v in losses.items()}))
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            pending.append((step, {k: v.detach().float() for k, v in losses.items()}))
             steps_done += 1
             last = step + 1 == stage.schedule.iterations
             stopping = stop_after is not None and steps_done >= stop_after
@@ -243,13 +259,29 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
                 return TrainResult(final_model(mode, nets), log, time.perf_counter() - t0, out)
         if bar is not None:
             bar.close()
-        optimizer_state = None
     seconds = time.perf_counter() - t0
     model = final_model(mode, nets).eval()
     if out is not None:
         save_model(model, out / "model.pt", cfg, classes, {"mode": mode, "train_seconds": seconds})
         write_log(log, out)
     return TrainResult(model, log, seconds, out)
+
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap_for_ddp(nets: dict, name: str, device: torch.device) -> dict:
+    """The stage's network wrapped in DistributedDataParallel (others as they are).
+
+    find_unused_parameters: a stage uses only one half of the network (RPN or detector).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return {**nets, name: DistributedDataParallel(nets[name], device_ids=ids, find_unused_parameters=True)}
 
 
 def _flush_log(pending: list[tuple[int, dict[str, Tensor]]], stage: Stage, lr: float, seconds: float) -> dict:

@@ -1,0 +1,127 @@
+"""Step 0: pre-train the backbone as a classifier — the book's stand-in for ImageNet pre-training.
+
+The paper never trains its conv layers from scratch: every network starts from an ImageNet
+classification model (§3.1.3, §3.2 step 1: "initialized with an ImageNet-pre-trained model").
+Nothing can be downloaded here, so the book pre-trains its small backbone on the same kind of
+task: classify crops of the training images — each ground-truth object cut out with some
+context, plus background crops that overlap no object (IoU < 0.3) — into K + 1 classes. The
+crops are cut with RoIAlign, all at once. The detector training then starts from these weights.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from fasterrcnn_edu.backbones import Backbone, build_backbone
+from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.config import Config
+from fasterrcnn_edu.training import batch_indices
+from fasterrcnn_edu.transforms import hflip, normalize
+
+
+class CropClassifier(nn.Module):
+    """Backbone → global average pooling → linear layer with K + 1 outputs."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_channels, num_classes)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """crops: (N, 3, S, S) normalised -> logits (N, num_classes)."""
+        return self.fc(self.backbone(crops).mean(dim=(2, 3)))
+
+
+def crop_boxes(gt_boxes: torch.Tensor, image_size: tuple[int, int], num_background: int,
+               generator: torch.Generator, context: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes to cut from one image: jittered objects with context, and background boxes.
+
+    gt_boxes: (G, 4) -> boxes (G + num_background, 4), is_object (G + num_background,) bool.
+    Background boxes are random squares of 24..160 px that overlap every object with IoU < 0.3
+    (candidates that do not are dropped, so there may be fewer).
+    """
+    height, width = image_size
+    sizes = gt_boxes[:, 2:] - gt_boxes[:, :2]
+    jitter = (torch.rand(len(gt_boxes), 4, generator=generator) - 0.5) * 0.2
+    grow = torch.cat([-sizes, sizes], dim=1) * context
+    objects = gt_boxes + grow + jitter * sizes.repeat(1, 2)
+
+    side = 24 + torch.rand(num_background * 3, 1, generator=generator) * 136
+    corner = torch.rand(num_background * 3, 2, generator=generator) * (torch.tensor([width, height]) - side).clamp(min=1)
+    candidates = torch.cat([corner, corner + side], dim=1)
+    if len(gt_boxes):
+        candidates = candidates[box_iou(candidates, gt_boxes).max(dim=1).values < 0.3]
+    background = candidates[:num_background]
+    is_object = torch.cat([torch.ones(len(objects), dtype=torch.bool), torch.zeros(len(background), dtype=torch.bool)])
+    return torch.cat([objects, background]), is_object
+
+
+def pretrain_backbone(dataset, cfg: Config, steps: int = 1500, images_per_step: int = 8, crop_size: int = 64,
+                      lr: float = 0.05, out_path: str | Path | None = None, device="cpu", progress: bool = True,
+                      seed: int = 0) -> tuple[Backbone, list[dict]]:
+    """Train `cfg.backbone` to classify object crops; returns the backbone and a log of loss/accuracy.
+
+    If `out_path` is given, the backbone's state dict is written there (atomically), ready for
+    `Config.backbone_weights` / `train --backbone-weights`.
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    backbone, _ = build_backbone(cfg.backbone, cfg.roi_output_size, cfg.head_hidden)
+    model = CropClassifier(backbone, cfg.num_classes).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    log, bar = [], None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc="pre-train backbone")
+    start = time.perf_counter()
+    for step in range(steps):
+        crops, labels = [], []
+        for index in batch_indices(step, images_per_step, len(dataset), seed):
+            image, target = dataset[index]
+            boxes = target["boxes"]
+            if torch.rand(1, generator=generator) < 0.5:
+                image, boxes = hflip(image, boxes)
+            regions, is_object = crop_boxes(boxes, tuple(image.shape[-2:]), 3, generator)
+            image = normalize(image, cfg.image_mean, cfg.image_std)[None]
+            crops.append(torchvision.ops.roi_align(image, [regions], crop_size, 1.0, 2, aligned=True))
+            labels.append(torch.cat([target["labels"], torch.zeros(int((~is_object).sum()), dtype=torch.int64)]))
+        crops, labels = torch.cat(crops).to(device), torch.cat(labels).to(device)
+        loss = F.cross_entropy(model(crops), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 20 == 19 or step + 1 == steps:
+            with torch.no_grad():
+                accuracy = (model(crops).argmax(1) == labels).float().mean()
+            log.append({"step": step, "loss": float(loss), "accuracy": float(accuracy),
+                        "seconds": round(time.perf_counter() - start, 1)})
+            if bar is not None:
+                bar.update(step + 1 - bar.n)
+                bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.2f}")
+    if bar is not None:
+        bar.close()
+    backbone = model.backbone.cpu()
+    if out_path is not None:
+        save_backbone(backbone, out_path)
+    return backbone, log
+
+
+def save_backbone(backbone: Backbone, path: str | Path) -> Path:
+    """Write the backbone's state dict as {"state_dict": ...} (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        torch.save({"state_dict": backbone.state_dict()}, f)
+    os.replace(tmp, path)
+    return path
