@@ -45,6 +45,8 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1'")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a Config field, e.g. --set roi_pool=align --set rpn_lambda=1 (repeatable)")
     p.set_defaults(func=train_command)
 
     p = subparsers.add_parser("pretrain", formatter_class=formatter_class,
@@ -84,6 +86,34 @@ def register(subparsers, formatter_class) -> None:
     p.set_defaults(func=detect_command)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["roi_pool=align", "rpn_lambda=1"] -> {"roi_pool": "align", "rpn_lambda": 1.0}, typed like the Config field."""
+    import ast
+    import dataclasses
+    from fasterrcnn_edu.config import Config
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    defaults = Config()
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(defaults, name)
+        if isinstance(current, str) or current is None:
+            value = None if text == "None" else text
+        else:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"--set {item!r}: {text!r} is not a valid value for {name}") from None
+            if isinstance(current, float) and isinstance(value, int):
+                value = float(value)
+            if isinstance(current, tuple) and isinstance(value, list):
+                value = tuple(value)
+        out[name] = value
+    return out
+
+
 def _scaled(cfg, factor: float):
     import dataclasses
     if factor == 1.0:
@@ -112,7 +142,12 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "num_classes": len(dataset.classes) + 1}
     if args.backbone_weights:
         overrides["backbone_weights"] = str(args.backbone_weights)
-    cfg = _scaled(get_config(args.preset, **overrides), args.iterations_scale)
+    try:
+        overrides.update(parse_overrides(args.set))
+        cfg = _scaled(get_config(args.preset, **overrides), args.iterations_scale)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     device = pick_device(args.device)
     print(f"training {args.mode} ({args.preset} preset) on {len(dataset)} images of {args.data} [{args.split}], "
           f"{len(dataset.classes)} classes, device {device}; output in {args.out}")

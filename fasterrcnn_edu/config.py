@@ -23,6 +23,12 @@ class StageSchedule:
 
 @dataclass
 class Config:
+    """Every setting of the detector, its training and its evaluation, each field commented with its source.
+
+    Build one with a preset, `Config.paper()` or `Config.book()`, overriding fields by keyword,
+    e.g. `Config.book(rpn_lambda=1.0)`.
+    """
+
     # --- data and image scale -------------------------------------------------------------
     num_classes: int = 21                   # K + 1: 20 PASCAL VOC classes + background
     min_size: int = 600                     # paper §3.3: "re-scale the images such that their shorter side is s = 600"

@@ -82,16 +82,14 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     return AnchorLabels(labels, matched_gt, max_iou)
 
 
-def _random_rank(mask: Tensor, noise: Tensor) -> Tensor:
-    """Rank of each element among the True elements of its row, in a random order given by `noise`.
+def _first_in_random_order(mask: Tensor, order: Tensor, count: Tensor) -> Tensor:
+    """Keep the first `count[b]` True elements of each row of `mask`, visiting elements in `order`.
 
-    mask, noise: (B, N) -> (B, N) int64 ranks 0, 1, 2 ... for True elements (False elements rank last).
+    mask: (B, N) bool; order: (B, N) a random permutation of each row; count: (B,) -> (B, N) bool.
     """
-    keys = torch.where(mask, noise, torch.full_like(noise, 2.0))
-    order = keys.argsort(dim=1)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(mask.shape[1], device=mask.device).expand_as(order))
-    return ranks
+    visited = mask.gather(1, order)
+    keep = visited & (visited.cumsum(dim=1) <= count[:, None])
+    return torch.zeros_like(mask).scatter(1, order, keep)
 
 
 def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positive_fraction: float,
@@ -100,15 +98,16 @@ def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positiv
 
     positive, negative: (B, N) bool -> sampled_positive, sampled_negative: (B, N) bool.
     Shared by the RPN (256 anchors, 1:1) and the Fast R-CNN head (128 RoIs, 25 % foreground).
-    Works on masks of fixed shape, so it never synchronises with the host.
+    One random permutation per row decides which elements are taken; everything works on masks of
+    fixed shape, so it never synchronises with the host.
     """
     gen_device = generator.device if generator is not None else positive.device
     noise = torch.rand(positive.shape, generator=generator, device=gen_device).to(positive.device)
+    order = noise.argsort(dim=1)
     num_pos = torch.clamp(positive.sum(dim=1), max=int(batch_size * positive_fraction))
     num_neg = torch.clamp(batch_size - num_pos, min=0)
-    sampled_pos = positive & (_random_rank(positive, noise) < num_pos[:, None])
-    sampled_neg = negative & (_random_rank(negative, noise) < num_neg[:, None])
-    return sampled_pos, sampled_neg
+    return (_first_in_random_order(positive, order, num_pos),
+            _first_in_random_order(negative, order, num_neg))
 
 
 def gather_matched(gt_boxes: Tensor, matched_gt: Tensor) -> Tensor:

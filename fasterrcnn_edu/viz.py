@@ -276,8 +276,9 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
     if len(negatives) > max_negatives:
         negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
     draw_boxes(ax, anchors[negatives], color=NEGATIVE_COLOR, linewidth=0.6, alpha=0.7)
-    draw_boxes(ax, anchors[labels == 1], color=POSITIVE_COLOR, linewidth=1.3)
     draw_boxes(ax, gt_boxes, color=GT_COLOR, linewidth=3.0)
+    # Positives last, so the thick ground truth does not hide them.
+    draw_boxes(ax, anchors[labels == 1], color=POSITIVE_COLOR, linewidth=1.3)
     n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
     ax.legend(handles=[Line2D([], [], color=POSITIVE_COLOR, label=f"positive ({n_pos})"),
                        Line2D([], [], color=NEGATIVE_COLOR, lw=0.6,
