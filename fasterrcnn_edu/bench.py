@@ -50,16 +50,27 @@ def _sync(device: torch.device) -> None:
 
 def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
+    return compare(fn, None, device, repeats, warmup)[0]
+
+
+def compare(ours: Callable[[], object], theirs: Callable[[], object] | None, device: torch.device,
+            repeats: int = 5, warmup: int = 1) -> tuple[float, float]:
+    """Median wall times (seconds) of two functions, timed alternately (ours, theirs, ours, ...) so that a
+    change in machine load affects both alike. `theirs=None` times `ours` alone (second value 0)."""
+    functions = [f for f in (ours, theirs) if f is not None]
     for _ in range(warmup):
-        fn()
+        for fn in functions:
+            fn()
     _sync(device)
-    times = []
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, bucket in zip(functions, times):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            bucket.append(time.perf_counter() - start)
+    medians = [statistics.median(t) for t in times]
+    return medians[0], (medians[1] if len(medians) > 1 else 0.0)
 
 
 def random_boxes(n: int, size: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -78,8 +89,8 @@ def bench_nms(device, repeats: int, sizes=(6000, 12000)) -> list[dict]:
     for n in sizes:
         boxes = random_boxes(n, 1000, g, device)
         scores = torch.rand(n, generator=g).to(device)
-        tv = median_time(lambda: torchvision.ops.nms(boxes, scores, 0.7), device, repeats)
-        fast = median_time(lambda: nms(boxes, scores, 0.7), device, repeats)
+        fast, tv = compare(lambda: nms(boxes, scores, 0.7), lambda: torchvision.ops.nms(boxes, scores, 0.7),
+                           device, repeats)
         readable = median_time(lambda: nms_readable(boxes, scores, 0.7), device, max(1, repeats // 2))
         rows.append(_row(f"NMS fast path, {n} boxes", fast, tv))
         rows.append(_row(f"NMS readable, {n} boxes", readable, tv))
@@ -111,7 +122,7 @@ def bench_labeling(device, repeats: int, gt_counts=(1, 10, 50)) -> list[dict]:
             return sampler([labels])
 
         rows.append(_row(f"anchor labeling + sampling, {len(anchors)} anchors × {count} gt",
-                         median_time(ours, device, repeats), median_time(theirs, device, repeats)))
+                         *compare(ours, theirs, device, repeats)))
     return rows
 
 
@@ -139,7 +150,7 @@ def bench_proposals(device, repeats: int, cfg: Config, feature_size=(38, 63)) ->
         return tv_rpn.filter_proposals(boxes, logits.reshape(-1, 1), [(600, 1000)], [len(anchors)])
 
     return [_row(f"proposal stage, {len(anchors)} anchors, top {pre} → NMS → {post}",
-                 median_time(ours, device, repeats), median_time(theirs, device, repeats))]
+                 *compare(ours, theirs, device, repeats))]
 
 
 def bench_roi_pool(device, repeats: int, counts=(128, 300)) -> list[dict]:
@@ -148,9 +159,9 @@ def bench_roi_pool(device, repeats: int, counts=(128, 300)) -> list[dict]:
     g = torch.Generator().manual_seed(4)
     for count in counts:
         rois = torch.cat([torch.zeros(count, 1, device=device), random_boxes(count, 600, g, device)], dim=1)
-        tv = median_time(lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 16), device, repeats)
-        rows.append(_row(f"RoI max pooling (fast path), {count} RoIs", median_time(
-            lambda: pool_rois(features, rois, 7, 1 / 16, "max"), device, repeats), tv))
+        ours_t, tv = compare(lambda: pool_rois(features, rois, 7, 1 / 16, "max"),
+                             lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 16), device, repeats)
+        rows.append(_row(f"RoI max pooling (fast path), {count} RoIs", ours_t, tv))
         if count <= 128:
             rows.append(_row(f"RoI max pooling (readable), {count} RoIs", median_time(
                 lambda: roi_pool_readable(features[:, :64], rois, 7, 1 / 16), device, max(1, repeats // 2)), tv,
@@ -238,15 +249,13 @@ def bench_detectors(device, repeats: int, preset: str, image_size: tuple[int, in
             opt.step()
         return run
 
-    t_ours = median_time(step(ours, opt_ours), device, repeats)
-    t_tv = median_time(step(theirs, opt_tv), device, repeats)
+    t_ours, t_tv = compare(step(ours, opt_ours), step(theirs, opt_tv), device, repeats)
     rows.append(_row(f"training step, {preset} preset ({cfg.backbone}, {cfg.images_per_batch}×{image_size[0]}×{image_size[1]})",
                      t_ours, t_tv, kind="model"))
     ours.eval()
     theirs.eval()
     with torch.no_grad():
-        t_ours = median_time(lambda: ours(images[:1]), device, repeats)
-        t_tv = median_time(lambda: theirs(images[:1]), device, repeats)
+        t_ours, t_tv = compare(lambda: ours(images[:1]), lambda: theirs(images[:1]), device, repeats)
     rows.append(_row(f"inference, {preset} preset ({cfg.backbone}, 1×{image_size[0]}×{image_size[1]})",
                      t_ours, t_tv, kind="model"))
     return rows

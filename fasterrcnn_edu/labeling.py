@@ -62,16 +62,17 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     """
     batch = gt_boxes.shape[0]
     iou = box_iou(anchors.expand(batch, -1, -1), gt_boxes)                  # (B, A, G)
-    usable = gt_valid[:, None, :].expand_as(iou)
-    if image_sizes is not None:
-        usable = usable & inside_image(anchors, image_sizes)[:, :, None]
-    # -1 marks "not comparable": padding, or an anchor we may not train on.
-    iou = torch.where(usable, iou, torch.full_like(iou, -1.0))
+    # -1 marks "not comparable": padding, or an anchor we may not train on (masked in place:
+    # the (B, A, G) matrix is the biggest tensor here, so no copies of it).
+    iou.masked_fill_(~gt_valid[:, None, :], -1.0)
+    inside = inside_image(anchors, image_sizes) if image_sizes is not None else None
+    if inside is not None:
+        iou.masked_fill_(~inside[:, :, None], -1.0)
 
     max_iou, matched_gt = iou.max(dim=2)                                    # (B, A) best ground truth per anchor
     labels = torch.full_like(matched_gt, IGNORED, dtype=torch.int8)
-    eligible = inside_image(anchors, image_sizes) if image_sizes is not None else torch.ones_like(max_iou, dtype=torch.bool)
-    labels[eligible & (max_iou < bg_iou)] = NEGATIVE
+    negative = max_iou < bg_iou
+    labels[negative if inside is None else negative & inside] = NEGATIVE
     labels[max_iou > fg_iou] = POSITIVE
 
     # Rule (i): the best anchor(s) of each ground truth are positive even if their IoU is low,
