@@ -83,14 +83,17 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     return AnchorLabels(labels, matched_gt, max_iou)
 
 
-def _first_in_random_order(mask: Tensor, order: Tensor, count: Tensor) -> Tensor:
-    """Keep the first `count[b]` True elements of each row of `mask`, visiting elements in `order`.
+def _random_subset(mask: Tensor, noise: Tensor, count: Tensor, max_count: int) -> Tensor:
+    """Keep `count[b]` random True elements of each row of `mask` (all of them if there are fewer).
 
-    mask: (B, N) bool; order: (B, N) a random permutation of each row; count: (B,) -> (B, N) bool.
+    mask, noise: (B, N); count: (B,) with count ≤ max_count -> (B, N) bool. The elements with the
+    smallest noise win; `topk` of `max_count` (≤ 256) is much cheaper than sorting all N anchors.
     """
-    visited = mask.gather(1, order)
-    keep = visited & (visited.cumsum(dim=1) <= count[:, None])
-    return torch.zeros_like(mask).scatter(1, order, keep)
+    keys = torch.where(mask, noise, torch.full_like(noise, 2.0))
+    k = min(max_count, mask.shape[1])
+    picked = keys.topk(k, dim=1, largest=False).indices                       # (B, k), smallest first
+    keep = mask.gather(1, picked) & (torch.arange(k, device=mask.device) < count[:, None])
+    return torch.zeros_like(mask).scatter(1, picked, keep)
 
 
 def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positive_fraction: float,
@@ -99,16 +102,15 @@ def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positiv
 
     positive, negative: (B, N) bool -> sampled_positive, sampled_negative: (B, N) bool.
     Shared by the RPN (256 anchors, 1:1) and the Fast R-CNN head (128 RoIs, 25 % foreground).
-    One random permutation per row decides which elements are taken; everything works on masks of
-    fixed shape, so it never synchronises with the host.
+    Works on masks of fixed shape, so it never synchronises with the host.
     """
     gen_device = generator.device if generator is not None else positive.device
     noise = torch.rand(positive.shape, generator=generator, device=gen_device).to(positive.device)
-    order = noise.argsort(dim=1)
-    num_pos = torch.clamp(positive.sum(dim=1), max=int(batch_size * positive_fraction))
+    max_pos = int(batch_size * positive_fraction)
+    num_pos = torch.clamp(positive.sum(dim=1), max=max_pos)
     num_neg = torch.clamp(batch_size - num_pos, min=0)
-    return (_first_in_random_order(positive, order, num_pos),
-            _first_in_random_order(negative, order, num_neg))
+    return (_random_subset(positive, noise, num_pos, max_pos),
+            _random_subset(negative, noise, num_neg, batch_size))
 
 
 def gather_matched(gt_boxes: Tensor, matched_gt: Tensor) -> Tensor:

@@ -103,7 +103,7 @@ def pretrain_backbone(dataset, cfg: Config, steps: int = 1500, images_per_step: 
         if step % 20 == 19 or step + 1 == steps:
             with torch.no_grad():
                 accuracy = (model(crops).argmax(1) == labels).float().mean()
-            log.append({"step": step, "loss": float(loss), "accuracy": float(accuracy),
+            log.append({"step": step, "loss": float(loss.detach()), "accuracy": float(accuracy),
                         "seconds": round(time.perf_counter() - start, 1)})
             if bar is not None:
                 bar.update(step + 1 - bar.n)

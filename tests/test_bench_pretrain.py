@@ -1,6 +1,7 @@
 """The benchmark runs (tiny sizes: behaviour, not speed) and the backbone pre-training learns crops."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fasterrcnn_edu.bench import format_table, run_benchmarks, torchvision_twin
@@ -17,7 +18,8 @@ def test_bench_tiny_runs_and_reports_ratios():
     assert any(n.startswith("training step") for n in names) and any(n.startswith("inference") for n in names)
     for row in result["rows"]:
         assert row["ours_ms"] > 0 and row["torchvision_ms"] > 0
-        assert abs(row["ratio"] - row["ours_ms"] / row["torchvision_ms"]) < 0.01
+        # Ratios are computed before the milliseconds are rounded to 3 decimals.
+        assert row["ratio"] == pytest.approx(row["ours_ms"] / row["torchvision_ms"], rel=0.02)
     assert {"device", "torch", "torchvision", "threads", "date"} <= set(result["environment"])
     assert "ours/tv" in format_table(result)
 
@@ -63,7 +65,8 @@ def test_pretraining_learns_to_tell_the_crops_apart(tmp_path):
     cfg = Config.book(num_classes=3)
     backbone, log = pretrain_backbone(_Shapes(), cfg, steps=60, images_per_step=2, lr=0.05,
                                       out_path=tmp_path / "bb.pt", progress=False)
-    assert log[-1]["accuracy"] >= 0.9 and log[-1]["loss"] < log[0]["loss"]
+    # Chance level is 1/3 accuracy and a loss of ln 3 ≈ 1.10.
+    assert log[-1]["accuracy"] >= 0.9 and log[-1]["loss"] < 0.5
     # The file loads as backbone weights of a detector.
     model = FasterRCNN(Config.book(num_classes=3, backbone_weights=str(tmp_path / "bb.pt")))
     assert torch.equal(model.backbone.body[0].weight, backbone.body[0].weight)
