@@ -18,6 +18,7 @@ Everything needed to continue a run exactly — weights, optimiser, stage and st
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import json
 import math
@@ -319,7 +320,8 @@ def save_model(model: nn.Module, path: str | Path, cfg: Config, classes: list[st
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
     """Load a model saved by `save_model` (or the final state of a training checkpoint) in eval mode."""
     state = load_checkpoint(path)
-    cfg = Config.from_dict(state["config"])
+    # The saved weights include the backbone: never reopen the (machine-specific) file it started from.
+    cfg = dataclasses.replace(Config.from_dict(state["config"]), backbone_weights=None)
     if "model" in state:
         kind, weights = state["kind"], state["model"]
     else:   # a training checkpoint
@@ -344,13 +346,15 @@ def write_log(log: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(log)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        from fasterrcnn_edu.viz import plot_loss_curves
-        ax = plot_loss_curves(log)
-        ax.figure.savefig(out_dir / "losses.png", dpi=100, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-        plt.close(ax.figure)
-    except ImportError:
-        pass
+    # Stages count their steps from 0: plot against the step of the whole run.
+    offset, previous, last_step, plotted = 0, None, -1, []
+    for record in log:
+        if previous is not None and record["stage"] != previous:
+            offset += last_step + 1
+        previous, last_step = record["stage"], record["step"]
+        plotted.append(dict(record, step=record["step"] + offset))
+    import matplotlib.pyplot as plt          # no matplotlib.use(): that would change a notebook's backend
+    from fasterrcnn_edu.viz import plot_loss_curves
+    ax = plot_loss_curves(plotted)
+    ax.figure.savefig(out_dir / "losses.png", dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
