@@ -183,8 +183,8 @@ class _RoIPoolLevel(nn.Module):
         return torchvision.ops.roi_pool(features["0"], proposals, self.output_size, self.spatial_scale)
 
 
-def torchvision_twin(ours: FasterRCNN) -> TVFasterRCNN:
-    """torchvision's FasterRCNN with our model's configuration and (copied) weights."""
+def torchvision_twin(ours: FasterRCNN) -> nn.Module:
+    """A `torchvision.models.detection.FasterRCNN` with our model's configuration and (copied) weights."""
     cfg = ours.cfg
     sizes = tuple(cfg.anchor_base_size * s for s in cfg.anchor_scales)
     tv = TVFasterRCNN(
