@@ -3,7 +3,7 @@
 The paper's timing table (Table 5 of the journal version) splits one test image into "conv"
 (shared layers), "proposal" (RPN layers + proposal generation) and "region-wise" (RoI pooling,
 fc layers, per-class NMS): VGG-16 on a K40 GPU takes 141 + 10 + 47 = 198 ms (5 fps), ZF
-31 + 3 + 25 = 59 ms (17 fps). `profile_stages` measures the same split, finer, on any device:
+31 + 3 + 25 = 59 ms (17 fps). `profile_stages` measures the same split, finer, on any device::
 
     transform    resize, normalise, pad (ImageTransform)  ┐ "conv"
     backbone     shared conv layers                       ┘
@@ -17,7 +17,7 @@ fc layers, per-class NMS): VGG-16 on a K40 GPU takes 141 + 10 + 47 = 198 ms (5 f
 Timing: `time.perf_counter`, warm-up runs first, the median over repeats, and
 `torch.cuda.synchronize` around every stage on CUDA (kernels are asynchronous). `staged_forward`
 runs exactly the model's eval forward, one stage at a time; a test checks that its detections
-equal `model(images)`. `time_vs_image_size` and `time_vs_num_proposals` give the scaling curves.
+equal `model(images)`. `time_vs_image_size` and `time_vs_num_proposals` give the scaling curves::
 
     python -m fasterrcnn_edu.profiling --model data/reference_model.pt --out data/experiments/scaling_cpu.json
 """
