@@ -61,15 +61,16 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     image_sizes: (B, 2) (height, width) — if given, anchors crossing the boundary are ignored (§3.3).
     """
     batch = gt_boxes.shape[0]
-    iou = box_iou(anchors.expand(batch, -1, -1), gt_boxes)                  # (B, A, G)
+    # Ground truth is the outer dimension: the reductions then run over long contiguous anchor rows.
+    iou = box_iou(gt_boxes, anchors.expand(batch, -1, -1))                  # (B, G, A)
     # -1 marks "not comparable": padding, or an anchor we may not train on (masked in place:
-    # the (B, A, G) matrix is the biggest tensor here, so no copies of it).
-    iou.masked_fill_(~gt_valid[:, None, :], -1.0)
+    # the (B, G, A) matrix is the biggest tensor here, so no copies of it).
+    iou.masked_fill_(~gt_valid[:, :, None], -1.0)
     inside = inside_image(anchors, image_sizes) if image_sizes is not None else None
     if inside is not None:
-        iou.masked_fill_(~inside[:, :, None], -1.0)
+        iou.masked_fill_(~inside[:, None, :], -1.0)
 
-    max_iou, matched_gt = iou.max(dim=2)                                    # (B, A) best ground truth per anchor
+    max_iou, matched_gt = iou.max(dim=1)                                    # (B, A) best ground truth per anchor
     labels = torch.full_like(matched_gt, IGNORED, dtype=torch.int8)
     negative = max_iou < bg_iou
     labels[negative if inside is None else negative & inside] = NEGATIVE
@@ -77,9 +78,9 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
 
     # Rule (i): the best anchor(s) of each ground truth are positive even if their IoU is low,
     # so that every object gets at least one positive. Ties count; a box no anchor touches does not.
-    best_per_gt = iou.max(dim=1, keepdim=True).values                       # (B, 1, G)
+    best_per_gt = iou.max(dim=2, keepdim=True).values                       # (B, G, 1)
     is_best = (iou == best_per_gt) & (best_per_gt > 0)
-    labels[is_best.any(dim=2)] = POSITIVE
+    labels[is_best.any(dim=1)] = POSITIVE
     return AnchorLabels(labels, matched_gt, max_iou)
 
 
