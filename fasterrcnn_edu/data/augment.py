@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import torch
 
+from fasterrcnn_edu.transforms import hflip as flip_image_and_boxes
+
 
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-    """Mirror an image left-right and its boxes with it.
+    """Mirror an image left-right and its boxes with it: `fasterrcnn_edu.transforms.hflip` on a target dict.
 
     image: (C, H, W); target["boxes"]: (N, 4) x1, y1, x2, y2 in continuous pixel coordinates.
     With W the image width, a pixel column at [x, x + 1) moves to [W - x - 1, W - x), so
     x1' = W - x2 and x2' = W - x1 (no "- 1": that belongs to the 1-based inclusive convention).
+    The caller's dict is never modified (it may be cached).
     """
-    width = image.shape[-1]
-    target = dict(target)  # never modify the caller's dict (it may be cached)
-    boxes = target["boxes"]
-    target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-    return image.flip(-1), target
+    image, boxes = flip_image_and_boxes(image, target["boxes"])
+    return image, dict(target, boxes=boxes)
 
 
 class RandomHorizontalFlip:
