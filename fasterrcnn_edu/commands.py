@@ -11,12 +11,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fasterrcnn_edu.config import PRESETS
 
 DEFAULT_MODEL = "data/reference_model.pt"
 DEFAULT_DATA = "data/shapes"
+
+
+def save_figure(ax, path: Path) -> None:
+    """Write the figure of `ax` as a PNG and close it."""
+    import matplotlib.pyplot as plt
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
 
 
 def pick_device(name: str) -> torch.device:
@@ -183,8 +191,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
 
 def eval_command(args: argparse.Namespace) -> int:
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")             # files only, no window: before anything draws
     from torch.utils.data import Subset
 
     from fasterrcnn_edu.checkpoint import CheckpointError
@@ -212,22 +219,17 @@ def eval_command(args: argparse.Namespace) -> int:
         "coco": result["coco"], "recall_vs_iou": {str(k): v for k, v in result["recall_vs_iou"].items()},
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    ax = plot_pr_curves(result["voc07"])
-    ax.figure.savefig(args.out / "pr_curves.png", dpi=100, bbox_inches="tight")
-    plt.close(ax.figure)
-    curves = {f"RPN top-{n}": (v["iou"], v["recall"]) for n, v in result["recall_vs_iou"].items()}
-    curves = {k: tuple(map(__import__("numpy").asarray, v)) for k, v in curves.items()}
-    ax = plot_recall_vs_iou(curves)
-    ax.figure.savefig(args.out / "recall_vs_iou.png", dpi=100, bbox_inches="tight")
-    plt.close(ax.figure)
+    save_figure(plot_pr_curves(result["voc07"]), args.out / "pr_curves.png")
+    curves = {f"RPN top-{n}": (np.asarray(v["iou"]), np.asarray(v["recall"]))
+              for n, v in result["recall_vs_iou"].items()}
+    save_figure(plot_recall_vs_iou(curves), args.out / "recall_vs_iou.png")
     print(f"wrote {args.out / 'metrics.json'}, pr_curves.png, recall_vs_iou.png")
     return 0
 
 
 def detect_command(args: argparse.Namespace) -> int:
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")             # files only, no window: before anything draws
 
     from fasterrcnn_edu.checkpoint import CheckpointError
     from fasterrcnn_edu.data import DataError, read_image_tensor
@@ -255,9 +257,8 @@ def detect_command(args: argparse.Namespace) -> int:
         report[str(path)] = [{"label": classes[int(l) - 1], "score": round(float(s), 4),
                               "box": [round(float(v), 1) for v in b]}
                              for b, l, s in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep])]
-        ax = plot_detections(image, det, ["__background__", *classes], score_threshold=args.score_threshold)
-        ax.figure.savefig(args.out / f"{path.stem}.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
+        save_figure(plot_detections(image, det, ["__background__", *classes], score_threshold=args.score_threshold),
+                    args.out / f"{path.stem}.png")
         print(f"{path}: {len(report[str(path)])} detections")
     (args.out / "detections.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out / 'detections.json'}")
