@@ -17,6 +17,7 @@ import argparse
 import copy
 import datetime
 import json
+import math
 import platform
 import statistics
 import time
@@ -39,7 +40,7 @@ from fasterrcnn_edu.labeling import label_anchors, pad_ground_truth, sample_bala
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.nms import nms, nms_readable
 from fasterrcnn_edu.proposals import generate_proposals
-from fasterrcnn_edu.roi_heads import pool_rois, roi_pool_readable
+from fasterrcnn_edu.roi_heads import pool_rois, roi_pool_readable, rois_with_batch_index
 from fasterrcnn_edu.transforms import ImageBatch
 
 
@@ -54,21 +55,31 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5
 
 
 def compare(ours: Callable[[], object], theirs: Callable[[], object] | None, device: torch.device,
-            repeats: int = 5, warmup: int = 1) -> tuple[float, float]:
-    """Median wall times (seconds) of two functions, timed alternately (ours, theirs, ours, ...) so that a
-    change in machine load affects both alike. `theirs=None` times `ours` alone (second value 0)."""
+            repeats: int = 5, warmup: int = 1, min_sample_seconds: float = 0.02) -> tuple[float, float]:
+    """Median wall times (seconds per call) of two functions, timed alternately (ours, theirs, ours, ...)
+    so that a change in machine load affects both alike. `theirs=None` times `ours` alone (second value 0).
+
+    A sample calls a function several times in a row when one call is shorter than
+    `min_sample_seconds` (as `timeit` does): millisecond-scale calls are otherwise dominated by
+    timer and scheduler noise.
+    """
     functions = [f for f in (ours, theirs) if f is not None]
+    slowest = 0.0
     for _ in range(warmup):
         for fn in functions:
+            start = time.perf_counter()
             fn()
-    _sync(device)
+            _sync(device)
+            slowest = max(slowest, time.perf_counter() - start)
+    calls = max(1, math.ceil(min_sample_seconds / max(slowest, 1e-6)))
     times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
         for fn, bucket in zip(functions, times):
             start = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             _sync(device)
-            bucket.append(time.perf_counter() - start)
+            bucket.append((time.perf_counter() - start) / calls)
     medians = [statistics.median(t) for t in times]
     return medians[0], (medians[1] if len(medians) > 1 else 0.0)
 
@@ -173,14 +184,15 @@ def bench_roi_pool(device, repeats: int, counts=(128, 300)) -> list[dict]:
 # Whole detectors
 # ---------------------------------------------------------------------------------------------
 class _RoIPoolLevel(nn.Module):
-    """torchvision's RoIHeads expects a pooler over a dict of feature maps: one level, max pooling."""
+    """torchvision's RoIHeads expects a pooler over a dict of feature maps: one level, our pooling op."""
 
-    def __init__(self, output_size: int, spatial_scale: float):
+    def __init__(self, output_size: int, spatial_scale: float, mode: str = "max"):
         super().__init__()
-        self.output_size, self.spatial_scale = output_size, spatial_scale
+        self.output_size, self.spatial_scale, self.mode = output_size, spatial_scale, mode
 
     def forward(self, features: OrderedDict, proposals: list, image_shapes: list) -> torch.Tensor:
-        return torchvision.ops.roi_pool(features["0"], proposals, self.output_size, self.spatial_scale)
+        return pool_rois(features["0"], rois_with_batch_index(proposals), self.output_size, self.spatial_scale,
+                         self.mode)
 
 
 def torchvision_twin(ours: FasterRCNN) -> nn.Module:
@@ -203,12 +215,14 @@ def torchvision_twin(ours: FasterRCNN) -> nn.Module:
         box_bg_iou_thresh=cfg.roi_bg_iou_high, box_batch_size_per_image=cfg.roi_batch_size,
         box_positive_fraction=cfg.roi_positive_fraction,
         bbox_reg_weights=tuple(1.0 / s for s in cfg.box_coder_std), size_divisible=cfg.size_divisible)
-    # torchvision's constructor only accepts RoIAlign poolers; swap in RoI max pooling afterwards.
-    tv.roi_heads.box_roi_pool = _RoIPoolLevel(cfg.roi_output_size, 1.0 / ours.backbone.stride)
+    # torchvision's constructor only accepts its multi-level RoIAlign pooler; swap in the same
+    # single-level op as ours (RoI max pooling or RoIAlign, as configured) afterwards.
+    tv.roi_heads.box_roi_pool = _RoIPoolLevel(cfg.roi_output_size, 1.0 / ours.backbone.stride, cfg.roi_pool)
     # Same weights where the architectures match: backbone and box head are copies; copy the RPN
     # head and the predictor too (ours has no background box deltas).
     tv.rpn.head.conv[0][0].load_state_dict(ours.rpn.head.conv.state_dict())
-    tv.rpn.head.cls_logits.load_state_dict(ours.rpn.head.cls.state_dict())
+    if ours.rpn.head.scores_per_anchor == 1:     # torchvision has no 2k-softmax head: copy k sigmoid scores only
+        tv.rpn.head.cls_logits.load_state_dict(ours.rpn.head.cls.state_dict())
     tv.rpn.head.bbox_pred.load_state_dict(ours.rpn.head.reg.state_dict())
     with torch.no_grad():
         tv.roi_heads.box_predictor.cls_score.load_state_dict(ours.roi_heads.predictor.cls_score.state_dict())

@@ -26,15 +26,20 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     boxes1: (..., N, 4), boxes2: (..., M, 4) with the same leading (batch) dims -> (..., N, M).
     The arithmetic order, inter / ((area1 + area2) - inter), matches torchvision's NMS kernel so
-    that our NMS and theirs break exact-threshold ties identically.
+    that our NMS and theirs break exact-threshold ties identically. A degenerate box (zero width
+    or height) has IoU 0 with everything.
     """
-    area1 = box_area(boxes1)
-    area2 = box_area(boxes2)
-    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[..., :, None] + area2[..., None, :] - inter)
+    area1 = box_area(boxes1)[..., :, None]
+    area2 = box_area(boxes2)[..., None, :]
+    # One (N, M) plane per coordinate keeps every pass over the big matrix contiguous.
+    left = torch.maximum(boxes1[..., :, None, 0], boxes2[..., None, :, 0])
+    top = torch.maximum(boxes1[..., :, None, 1], boxes2[..., None, :, 1])
+    right = torch.minimum(boxes1[..., :, None, 2], boxes2[..., None, :, 2])
+    bottom = torch.minimum(boxes1[..., :, None, 3], boxes2[..., None, :, 3])
+    # In place: the (N, M) planes are the big tensors, so reuse them instead of allocating more
+    # (autograd still works: no backward formula here needs a value that gets overwritten).
+    inter = right.sub_(left).clamp_(min=0).mul_(bottom.sub_(top).clamp_(min=0))
+    return inter.div_((area1 + area2).sub_(inter))
 
 
 def _centers_sizes(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "fasterrcnn_edu.data.commands",   # make-data, check-data
     "fasterrcnn_edu.commands",        # train, eval, detect
     "fasterrcnn_edu.bench",           # bench
+    "fasterrcnn_edu.side_by_side",    # side-by-side
 )
 
 

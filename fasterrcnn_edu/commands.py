@@ -40,21 +40,14 @@ def register(subparsers, formatter_class) -> None:
                                           "approximate joint training, or unshared (steps 1-2).")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="VOC-layout folder (e.g. VOCdevkit/VOC2007)")
     p.add_argument("--split", default="trainval", help="split to train on (ImageSets/Main/SPLIT.txt)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="book", help="configuration preset")
     p.add_argument("--mode", choices=("alternating", "joint", "unshared"), default="alternating",
                    help="training scheme")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint.pt of an interrupted run to continue")
-    p.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, sampling)")
-    p.add_argument("--iterations-scale", type=float, default=1.0,
-                   help="multiply every stage's iterations (and lr step) by this factor")
-    p.add_argument("--backbone-weights", type=Path, default=None,
-                   help="local ImageNet weights file for the backbone (e.g. vgg16-397923af.pth)")
+    add_config_arguments(p)
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1'")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a Config field, e.g. --set roi_pool=align --set rpn_lambda=1 (repeatable)")
     p.set_defaults(func=train_command)
 
     p = subparsers.add_parser("pretrain", formatter_class=formatter_class,
@@ -92,6 +85,28 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw and report detections above this score")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.set_defaults(func=detect_command)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that make a training Config: preset, seed, schedule scale, backbone weights, --set."""
+    p.add_argument("--preset", choices=sorted(PRESETS), default="book", help="configuration preset")
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, sampling)")
+    p.add_argument("--iterations-scale", type=float, default=1.0,
+                   help="multiply every stage's iterations (and lr step) by this factor")
+    p.add_argument("--backbone-weights", type=Path, default=None,
+                   help="local ImageNet weights file for the backbone (e.g. vgg16-397923af.pth)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a Config field, e.g. --set roi_pool=align --set rpn_lambda=1 (repeatable)")
+
+
+def config_from_arguments(args: argparse.Namespace, num_classes: int):
+    """The Config of `add_config_arguments`' options; ValueError names a bad --set."""
+    from fasterrcnn_edu.config import get_config
+    overrides = {"seed": args.seed, "num_classes": num_classes}
+    if args.backbone_weights:
+        overrides["backbone_weights"] = str(args.backbone_weights)
+    overrides.update(parse_overrides(args.set))
+    return _scaled(get_config(args.preset, **overrides), args.iterations_scale)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -136,7 +151,6 @@ def _scaled(cfg, factor: float):
 
 def train_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.checkpoint import CheckpointError
-    from fasterrcnn_edu.config import get_config
     from fasterrcnn_edu.data import DataError, VOCDataset
     from fasterrcnn_edu.training import NonFiniteLossError, train
 
@@ -147,12 +161,8 @@ def train_command(args: argparse.Namespace) -> int:
     except (DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    overrides = {"seed": args.seed, "num_classes": len(dataset.classes) + 1}
-    if args.backbone_weights:
-        overrides["backbone_weights"] = str(args.backbone_weights)
     try:
-        overrides.update(parse_overrides(args.set))
-        cfg = _scaled(get_config(args.preset, **overrides), args.iterations_scale)
+        cfg = config_from_arguments(args, num_classes=len(dataset.classes) + 1)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
 @dataclass
 class AnchorLabels:
     """labels: (B, A) int8 in {1, 0, -1}; matched_gt: (B, A) int64 index of the best ground truth;
-    max_iou: (B, A) float32, that best IoU (-1 for anchors outside the image)."""
+    max_iou: (B, A) float32, that best IoU (0 if the image has no ground truth, -1 for anchors outside the image)."""
 
     labels: Tensor
     matched_gt: Tensor
@@ -61,26 +61,29 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     image_sizes: (B, 2) (height, width) — if given, anchors crossing the boundary are ignored (§3.3).
     """
     batch = gt_boxes.shape[0]
+    # Padding becomes the degenerate box (0, 0, 0, 0), whose IoU with any anchor is 0: cheaper
+    # than masking the (B, G, A) IoU matrix for it afterwards.
+    gt_boxes = gt_boxes * gt_valid[:, :, None]
     # Ground truth is the outer dimension: the reductions then run over long contiguous anchor rows.
     iou = box_iou(gt_boxes, anchors.expand(batch, -1, -1))                  # (B, G, A)
-    # -1 marks "not comparable": padding, or an anchor we may not train on (masked in place:
-    # the (B, G, A) matrix is the biggest tensor here, so no copies of it).
-    iou.masked_fill_(~gt_valid[:, :, None], -1.0)
     inside = inside_image(anchors, image_sizes) if image_sizes is not None else None
     if inside is not None:
+        # -1: an anchor we may not train on is nobody's match, not even a negative one (masked in
+        # place: the IoU matrix is the biggest tensor here).
         iou.masked_fill_(~inside[:, None, :], -1.0)
 
     max_iou, matched_gt = iou.max(dim=1)                                    # (B, A) best ground truth per anchor
-    labels = torch.full_like(matched_gt, IGNORED, dtype=torch.int8)
     negative = max_iou < bg_iou
-    labels[negative if inside is None else negative & inside] = NEGATIVE
-    labels[max_iou > fg_iou] = POSITIVE
-
+    if inside is not None:
+        negative &= inside
     # Rule (i): the best anchor(s) of each ground truth are positive even if their IoU is low,
-    # so that every object gets at least one positive. Ties count; a box no anchor touches does not.
-    best_per_gt = iou.max(dim=2, keepdim=True).values                       # (B, G, 1)
-    is_best = (iou == best_per_gt) & (best_per_gt > 0)
-    labels[is_best.any(dim=1)] = POSITIVE
+    # so that every object gets at least one positive. Ties count; a box no anchor touches (best
+    # IoU 0, padding included) does not: its "best" is set to 2, which no IoU equals.
+    best_per_gt = iou.amax(dim=2, keepdim=True)                             # (B, G, 1)
+    best_per_gt.masked_fill_(best_per_gt <= 0, 2.0)
+    positive = (max_iou > fg_iou) | (iou == best_per_gt).any(dim=1)
+    labels = torch.full_like(matched_gt, IGNORED, dtype=torch.int8)
+    labels.masked_fill_(negative, NEGATIVE).masked_fill_(positive, POSITIVE)
     return AnchorLabels(labels, matched_gt, max_iou)
 
 
@@ -90,11 +93,11 @@ def _random_subset(mask: Tensor, noise: Tensor, count: Tensor, max_count: int) -
     mask, noise: (B, N); count: (B,) with count ≤ max_count -> (B, N) bool. The elements with the
     smallest noise win; `topk` of `max_count` (≤ 256) is much cheaper than sorting all N anchors.
     """
-    keys = torch.where(mask, noise, torch.full_like(noise, 2.0))
+    keys = torch.where(mask, noise, 2.0)
     k = min(max_count, mask.shape[1])
     picked = keys.topk(k, dim=1, largest=False).indices                       # (B, k), smallest first
     keep = mask.gather(1, picked) & (torch.arange(k, device=mask.device) < count[:, None])
-    return torch.zeros_like(mask).scatter(1, picked, keep)
+    return torch.zeros_like(mask).scatter_(1, picked, keep)
 
 
 def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positive_fraction: float,

@@ -145,3 +145,24 @@ def test_remove_small_boxes_matches_torchvision(seed, random_boxes):
     # Per-image minimum sizes broadcast: (B, N, 4) against (B, 1).
     mask = B.small_box_mask(boxes.reshape(2, 100, 4), torch.tensor([[5.0], [12.5]]))
     assert torch.equal(torch.nonzero(mask[1]).flatten(), torchvision.ops.remove_small_boxes(boxes[100:], 12.5))
+
+
+def test_box_iou_gradient_matches_the_out_of_place_formula():
+    """box_iou reuses its buffers in place; the gradient must be unaffected."""
+    g = torch.Generator().manual_seed(0)
+    corner = torch.rand(6, 2, generator=g) * 10
+    boxes = torch.cat([corner, corner + 1 + torch.rand(6, 2, generator=g) * 5], 1).requires_grad_()
+    corner = torch.rand(5, 2, generator=g) * 10
+    others = torch.cat([corner, corner + 1 + torch.rand(5, 2, generator=g) * 5], 1)
+
+    def reference(a, b):
+        lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+        rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(dim=2)
+        area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+        return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+    ours, = torch.autograd.grad(B.box_iou(boxes, others).sum(), boxes)
+    expected, = torch.autograd.grad(reference(boxes, others).sum(), boxes)
+    assert ours.abs().sum() > 0
+    torch.testing.assert_close(ours, expected)

@@ -1,0 +1,212 @@
+"""`python -m fasterrcnn_edu side-by-side`: train our detector and torchvision's on the same data, in one run.
+
+The question a reader asks before using this package: at the same budget, is it as accurate and
+as fast as `torchvision.models.detection.FasterRCNN`? Both detectors here get
+
+* the same configuration: backbone (with the same initial weights), anchors, image size,
+  proposal counts, RoI sampling and head sizes — `bench.torchvision_twin` builds torchvision's
+  model from ours, copying every weight whose shape allows;
+* the same mini-batches, in the same order and with the same flips (`training.load_batch`);
+* the same SGD schedule: the config's `joint` stage (iterations, learning rate and its step,
+  warm-up, momentum, weight decay).
+
+torchvision trains its detector only end to end, so both are trained with approximate joint
+training (paper §3.2); each keeps its own losses. The two take training steps in alternation,
+so a busy machine slows both alike; each one's time is the sum over its own steps. Inference is
+timed the same way, image by image, on the evaluation split, and both are scored with the VOC07
+11-point mAP@0.5 and the area mAP of `evaluation.evaluate_voc`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fasterrcnn_edu.bench import _sync, environment, torchvision_twin
+from fasterrcnn_edu.config import Config
+from fasterrcnn_edu.evaluation import evaluate_voc
+from fasterrcnn_edu.model import FasterRCNN
+from fasterrcnn_edu.training import _flush_log, build_stages, learning_rate, load_batch
+
+NAMES = ("ours", "torchvision")
+
+
+def build_pair(cfg: Config, device: torch.device) -> dict[str, nn.Module]:
+    """Our `FasterRCNN(cfg)` and its torchvision twin, with the same initial weights, in train mode."""
+    torch.manual_seed(cfg.seed)
+    ours = FasterRCNN(cfg)
+    theirs = torchvision_twin(ours)
+    return {"ours": ours.to(device).train(), "torchvision": theirs.to(device).train()}
+
+
+def train_pair(models: dict[str, nn.Module], dataset, cfg: Config, device: torch.device,
+               log_every: int = 50, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+    """Train both models for `cfg.joint.iterations` steps of the same batches, alternating step by step.
+
+    Returns the training seconds of each model and a log (one record per model every `log_every` steps).
+    Stops with `training.NonFiniteLossError` at the first non-finite loss of either model.
+    """
+    stage = build_stages("joint", cfg)[0]
+    schedule = stage.schedule
+    models["ours"].set_generator(torch.Generator(device=device).manual_seed(cfg.seed))
+    optimizers = {name: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=schedule.lr,
+                                        momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                  for name, m in models.items()}
+    seconds = {name: 0.0 for name in models}
+    pending: dict[str, list[tuple[int, dict[str, Tensor]]]] = {name: [] for name in models}
+    log: list[dict] = []
+    steps = range(schedule.iterations)
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc="side-by-side training")
+    for step in steps:
+        lr = learning_rate(step, schedule, cfg.warmup_iterations)
+        images, targets = load_batch(dataset, step, cfg, 0, device)
+        for name, model in models.items():
+            for group in optimizers[name].param_groups:
+                group["lr"] = lr
+            start = time.perf_counter()
+            losses = model(images, targets)
+            optimizers[name].zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizers[name].step()
+            _sync(device)
+            seconds[name] += time.perf_counter() - start
+            pending[name].append((step, {k: v.detach().float() for k, v in losses.items()}))
+        if (step + 1) % log_every == 0 or step + 1 == schedule.iterations:
+            for name in models:
+                record = _flush_log(pending[name], dataclasses.replace(stage, name=f"joint ({name})"), lr,
+                                    seconds[name])
+                log.append({"model": name, **record, "loss": sum(v for k, v in record.items()
+                                                                 if k.startswith("loss"))})
+                pending[name] = []
+    return seconds, log
+
+
+@torch.no_grad()
+def detect_pair(models: dict[str, nn.Module], dataset, device: torch.device, progress: bool = True
+                ) -> tuple[dict[str, list[dict]], dict[str, float], list[dict]]:
+    """Both models' detections on every image of `dataset` (one image per call, alternating).
+
+    Returns detections per model (on CPU), the inference seconds of each, and the targets.
+    """
+    for model in models.values():
+        model.eval()
+    detections = {name: [] for name in models}
+    seconds = {name: 0.0 for name in models}
+    targets = []
+    indices = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
+        indices = tqdm(indices, desc="side-by-side detection")
+    for i in indices:
+        image, target = dataset[i]
+        image = image.to(device)
+        for name, model in models.items():
+            start = time.perf_counter()
+            output = model([image])[0]
+            _sync(device)
+            seconds[name] += time.perf_counter() - start
+            detections[name].append({k: v.cpu() for k, v in output.items()})
+        targets.append(target)
+    return detections, seconds, targets
+
+
+def run_side_by_side(train_set, test_set, cfg: Config, device: str | torch.device = "cpu",
+                     log_every: int = 50, progress: bool = True) -> dict:
+    """Train both detectors on `train_set`, evaluate both on `test_set`; mAPs, times and ratios as a dict."""
+    device = torch.device(device)
+    classes = list(train_set.classes)
+    models = build_pair(cfg, device)
+    train_seconds, log = train_pair(models, train_set, cfg, device, log_every, progress)
+    detections, infer_seconds, targets = detect_pair(models, test_set, device, progress)
+    result = {"environment": environment(device), "config": cfg.to_dict(), "steps": cfg.joint.iterations,
+              "train_images": len(train_set), "test_images": len(test_set), "classes": classes, "log": log}
+    for name in NAMES:
+        voc07 = evaluate_voc(detections[name], targets, len(classes) + 1, use_07_metric=True, class_names=classes)
+        voc12 = evaluate_voc(detections[name], targets, len(classes) + 1, use_07_metric=False, class_names=classes)
+        result[name] = {"voc07_map": voc07.map, "voc07_ap": voc07.ap, "voc12_map": voc12.map,
+                        "train_seconds": train_seconds[name],
+                        "train_ms_per_step": 1000 * train_seconds[name] / cfg.joint.iterations,
+                        "infer_ms_per_image": 1000 * infer_seconds[name] / max(1, len(test_set))}
+    ours, theirs = result["ours"], result["torchvision"]
+    result["ratios"] = {"train_time": ours["train_seconds"] / theirs["train_seconds"],
+                        "infer_time": ours["infer_ms_per_image"] / theirs["infer_ms_per_image"],
+                        "voc07_map_difference": ours["voc07_map"] - theirs["voc07_map"]}
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The side-by-side table (markdown)."""
+    env = result["environment"]
+    rows = [f"{result['steps']} joint-training steps on {result['train_images']} images, "
+            f"{result['test_images']} test images; device {env['device']}, {env['threads']} threads, "
+            f"torch {env['torch']}, torchvision {env['torchvision']}, {env['date']}",
+            "",
+            "| | VOC07 mAP@0.5 | area mAP | train s | ms / step | infer ms / image |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name in NAMES:
+        r = result[name]
+        rows.append(f"| {name} | {r['voc07_map']:.3f} | {r['voc12_map']:.3f} | {r['train_seconds']:.0f} | "
+                    f"{r['train_ms_per_step']:.1f} | {r['infer_ms_per_image']:.1f} |")
+    ratios = result["ratios"]
+    rows.append(f"| ours / torchvision | {ratios['voc07_map_difference']:+.3f} (difference) | | "
+                f"{ratios['train_time']:.2f} | | {ratios['infer_time']:.2f} |")
+    return "\n".join(rows)
+
+
+def register(subparsers, formatter_class) -> None:
+    from fasterrcnn_edu.commands import add_config_arguments, DEFAULT_DATA
+    p = subparsers.add_parser("side-by-side", formatter_class=formatter_class,
+                              help="train ours and torchvision's FasterRCNN at the same budget; compare",
+                              description=__doc__)
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="VOC-layout folder")
+    p.add_argument("--train-split", default="trainval", help="split to train on")
+    p.add_argument("--test-split", default="test", help="split to evaluate on")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images (0: all)")
+    add_config_arguments(p)
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda'")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--out", type=Path, default=Path("runs/side_by_side.json"), help="JSON output file")
+    p.set_defaults(func=side_by_side_command)
+
+
+def side_by_side_command(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
+    from fasterrcnn_edu.commands import config_from_arguments, pick_device
+    from fasterrcnn_edu.data import DataError, VOCDataset
+    from fasterrcnn_edu.training import NonFiniteLossError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        train_set = VOCDataset(args.data, args.train_split)
+        test_set = VOCDataset(args.data, args.test_split, classes=train_set.classes)
+        if args.limit:
+            test_set = Subset(test_set, range(min(args.limit, len(test_set))))
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        cfg = config_from_arguments(args, num_classes=len(train_set.classes) + 1)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_side_by_side(train_set, test_set, cfg, pick_device(args.device))
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    result["arguments"] = {k: str(v) for k, v in vars(args).items() if k != "func"}
+    print(format_table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
