@@ -105,6 +105,11 @@ def bench_nms(device, repeats: int, sizes=(6000, 12000)) -> list[dict]:
         readable = median_time(lambda: nms_readable(boxes, scores, 0.7), device, max(1, repeats // 2))
         rows.append(_row(f"NMS fast path, {n} boxes", fast, tv))
         rows.append(_row(f"NMS readable, {n} boxes", readable, tv))
+        # What the RPN needs: only the first 300 (test) or 2000 (train) boxes NMS keeps.
+        for kept in (300, 2000):
+            rows.append(_row(f"NMS keeping the top {kept}, {n} boxes (early exit vs full kernel)",
+                             *compare(lambda: nms(boxes, scores, 0.7, max_kept=kept),
+                                      lambda: torchvision.ops.nms(boxes, scores, 0.7)[:kept], device, repeats)))
     return rows
 
 
@@ -137,14 +142,15 @@ def bench_labeling(device, repeats: int, gt_counts=(1, 10, 50)) -> list[dict]:
     return rows
 
 
-def bench_proposals(device, repeats: int, cfg: Config, feature_size=(38, 63)) -> list[dict]:
-    """Decode + clip + min size + top-N + NMS + top-N for one 600×1000 image, test-time counts."""
+def bench_proposals(device, repeats: int, cfg: Config, feature_size=(38, 63), training: bool = False) -> list[dict]:
+    """Decode + clip + min size + top-N + NMS + top-N for one 600×1000 image, test-time (or training) counts."""
     anchors = AnchorGenerator(cfg.anchor_base_size, cfg.anchor_ratios, cfg.anchor_scales)(feature_size, device)
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(1, len(anchors), generator=g).to(device)
     deltas = (0.1 * torch.randn(1, len(anchors), 4, generator=g)).to(device)
     sizes = torch.tensor([[600, 1000]], device=device)
-    pre, post = cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test
+    pre, post = ((cfg.rpn_pre_nms_top_n_train, cfg.rpn_post_nms_top_n_train) if training
+                 else (cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test))
 
     def ours():
         return generate_proposals(anchors, logits, deltas, sizes, pre, post, cfg.rpn_nms_thresh, cfg.rpn_min_size)
@@ -303,6 +309,7 @@ def run_benchmarks(device: str = "cpu", repeats: int = 5, presets=("book", "pape
     rows += bench_nms(dev, repeats)
     rows += bench_labeling(dev, repeats)
     rows += bench_proposals(dev, repeats, Config.paper())
+    rows += bench_proposals(dev, repeats, Config.paper(), training=True)
     rows += bench_roi_pool(dev, repeats)
     sizes = {"book": (256, 320), "paper": (600, 1000)}
     for preset in presets:

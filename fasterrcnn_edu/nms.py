@@ -4,7 +4,8 @@ Two implementations that keep exactly the same boxes in the same order:
 
 - `nms_readable`: a few lines of pure PyTorch (one vectorised IoU row per kept box) that the
   book steps through with `nms_steps`;
-- `nms`: the fast path, torchvision's compiled kernel.
+- `nms`: the fast path, torchvision's compiled kernel, and `nms_top`, which stops once the
+  top-N boxes a caller will keep are decided (the RPN keeps 300 of 6000).
 
 Both sort scores with a *stable* descending sort (ties: lower index first) and suppress a box
 when IoU > threshold, computing IoU with the same arithmetic, so ties resolve identically.
@@ -43,9 +44,40 @@ def nms_readable(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return torch.tensor(kept, dtype=torch.int64, device=boxes.device)
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """The fast path: torchvision's NMS kernel. Same contract as `nms_readable`."""
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int | None = None) -> Tensor:
+    """The fast path: torchvision's NMS kernel. Same contract as `nms_readable`.
+
+    max_kept: the caller keeps only the first `max_kept` boxes (the RPN's top-N after NMS), so
+    stop once that many are kept — `nms_top` — instead of deciding about all N boxes.
+    """
+    if max_kept is not None and max_kept < len(boxes):
+        return nms_top(boxes, scores, iou_threshold, max_kept)
     return torchvision.ops.nms(boxes.float(), scores.float(), iou_threshold)
+
+
+def nms_top(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int, min_block: int = 256) -> Tensor:
+    """The first `max_kept` boxes greedy NMS keeps, without deciding about the rest. -> (≤ max_kept,) int64.
+
+    Greedy NMS costs O(N × kept) and the RPN keeps only the top 300 (test) or 2000 (train) of
+    6000-12000 boxes, so most of the kernel's work decides about boxes that are thrown away.
+    Here the score-sorted boxes go in blocks: a block's boxes that overlap an already kept box are
+    dropped, the kernel runs on the rest of the block (its greedy order is the score order, so
+    this is exactly greedy NMS), and we stop as soon as `max_kept` boxes are kept. Each block is
+    twice the number still missing, so one block usually suffices.
+    """
+    boxes, scores = boxes.float(), scores.float()
+    order = torch.sort(scores, descending=True, stable=True).indices
+    kept = order[:0]
+    start = 0
+    while start < len(order) and len(kept) < max_kept:
+        block = order[start:start + max(min_block, 2 * (max_kept - len(kept)))]
+        start += len(block)
+        if len(kept):
+            # float64 comparison, as in nms_steps; NaN IoU never suppresses.
+            overlaps = box_iou(boxes[block], boxes[kept]).double() > iou_threshold
+            block = block[~overlaps.any(dim=1)]
+        kept = torch.cat([kept, block[torchvision.ops.nms(boxes[block], scores[block], iou_threshold)]])
+    return kept[:max_kept]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, categories: Tensor, iou_threshold: float,

@@ -50,7 +50,7 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     for image_boxes, image_scores in zip(top_boxes, top_scores):             # a loop over images
         valid = image_scores >= 0
         image_boxes, image_scores = image_boxes[valid], image_scores[valid]
-        keep = nms(image_boxes, image_scores, nms_thresh)[:post_nms_top_n]
+        keep = nms(image_boxes, image_scores, nms_thresh, max_kept=post_nms_top_n)
         proposals.append(image_boxes[keep])
         proposal_scores.append(image_scores[keep])
     return proposals, proposal_scores

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from fasterrcnn_edu.boxes import box_iou
-from fasterrcnn_edu.nms import batched_nms, batched_nms_readable, nms, nms_readable, nms_steps
+from fasterrcnn_edu.nms import batched_nms, batched_nms_readable, nms, nms_readable, nms_steps, nms_top
 
 KINDS = ("continuous", "grid", "duplicate_scores", "duplicate_boxes", "exact_threshold", "degenerate")
 
@@ -74,6 +74,35 @@ def test_nms_readable_equals_torchvision(index):
     assert kept.dtype == torch.int64
     assert kept.tolist() == expected.tolist(), kind
     assert nms(boxes, scores, threshold).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("index", CASES)
+def test_nms_top_keeps_the_first_boxes_greedy_nms_keeps(index):
+    """Stopping early (in blocks of 4 or 256 boxes) keeps exactly the kernel's first max_kept boxes."""
+    kind, boxes, scores, threshold = _case(index)
+    expected = torchvision.ops.nms(boxes, scores, threshold)
+    for max_kept in (1, 5, 40):
+        for block in (4, 256):
+            kept = nms_top(boxes, scores, threshold, max_kept, min_block=block)
+            assert kept.tolist() == expected[:max_kept].tolist(), (kind, max_kept, block)
+        assert nms(boxes, scores, threshold, max_kept=max_kept).tolist() == expected[:max_kept].tolist()
+
+
+def test_nms_top_stops_early(monkeypatch):
+    """2000 disjoint boxes, max_kept=10: the kernel sees one block of 256 boxes, not all 2000."""
+    import fasterrcnn_edu.nms as nms_module
+    seen, kernel = [], torchvision.ops.nms
+
+    def recording_kernel(boxes, scores, threshold):
+        seen.append(len(boxes))
+        return kernel(boxes, scores, threshold)
+
+    monkeypatch.setattr(nms_module.torchvision.ops, "nms", recording_kernel)
+    left = torch.arange(2000, dtype=torch.float32) * 10
+    boxes = torch.stack([left, torch.zeros(2000), left + 5, torch.full((2000,), 5.0)], dim=1)
+    scores = torch.linspace(1, 0, 2000)
+    assert nms_top(boxes, scores, 0.5, 10).tolist() == list(range(10))
+    assert seen == [256]
 
 
 def test_nms_edge_cases():
