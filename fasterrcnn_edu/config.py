@@ -92,6 +92,7 @@ class Config:
     weight_decay: float = 0.0005            # paper §3.1.3
     warmup_iterations: int = 0              # not in the paper; the book's from-scratch net needs a short warm-up
     flip: bool = True                       # paper: horizontal flip is the only augmentation (released code)
+    channels_last: bool = True              # speed only (PyTorch memory-format guide): NHWC training convs
     # The 4-step schedule (paper §3.2): RPN, Fast R-CNN, RPN (shared layers frozen), Fast R-CNN (frozen).
     # paper §3.1.3: lr 0.001 for 60k mini-batches, 0.0001 for the next 20k (VOC); released code: 80k/40k per stage.
     stage_rpn1: StageSchedule = field(default_factory=lambda: StageSchedule(80000, 0.001, 60000))

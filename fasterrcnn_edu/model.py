@@ -38,6 +38,14 @@ class FasterRCNN(nn.Module):
         self.rpn.generator = generator
         self.roi_heads.generator = generator
 
+    def features(self, tensors: Tensor) -> Tensor:
+        """The shared conv feature map (B, C, H/16, W/16) of a batch (B, 3, H, W)."""
+        if self.training and self.cfg.channels_last:
+            # Speed only: mkldnn (CPU) and cuDNN run the backward convolutions faster on NHWC
+            # tensors (~10 % of a training step). Eval stays NCHW: no gain measured there.
+            tensors = tensors.contiguous(memory_format=torch.channels_last)
+        return self.backbone(tensors)
+
     # -- the two halves ------------------------------------------------------------------------
     def propose(self, batch: ImageBatch, features: Tensor) -> list[Tensor]:
         """RPN proposals (B tensors (P_b, 4), resized-image pixels) with the current mode's top-N."""
@@ -47,7 +55,7 @@ class FasterRCNN(nn.Module):
     def rpn_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Train the RPN alone (4-step training, steps 1 and 3): its two loss terms."""
         batch, targets = self.transform(images, targets)
-        features = self.backbone(batch.tensors)
+        features = self.features(batch.tensors)
         _, losses = self.rpn(features, batch, targets, propose=False)
         return losses
 
@@ -59,10 +67,10 @@ class FasterRCNN(nn.Module):
         or, if None, from this model's own RPN — in both cases without gradient.
         """
         batch, targets = self.transform(images, targets)
-        features = self.backbone(batch.tensors)
+        features = self.features(batch.tensors)
         source = proposer if proposer is not None else self
         with torch.no_grad():
-            source_features = features if source is self else source.backbone(batch.tensors)
+            source_features = features if source is self else source.features(batch.tensors)
             proposals = source.propose(batch, source_features)
         _, losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         return losses
@@ -82,7 +90,7 @@ class FasterRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("in training mode the model needs targets (list of dicts with 'boxes' and 'labels')")
         batch, targets = self.transform(images, targets)
-        features = self.backbone(batch.tensors)
+        features = self.features(batch.tensors)
         proposals, rpn_losses = self.rpn(features, batch, targets if self.training else None)
         detections, det_losses = self.roi_heads(features, proposals, batch.image_sizes,
                                                 targets if self.training else None)

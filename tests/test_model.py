@@ -154,6 +154,30 @@ def test_set_generator_makes_sampling_reproducible():
     assert runs[0] == runs[1]
 
 
+def test_channels_last_is_a_speed_setting_only():
+    """Training feeds the backbone NHWC tensors (cfg.channels_last); the losses and gradients equal
+    the NCHW ones up to float rounding, and eval stays NCHW."""
+    images, targets = _tiny_batch()
+    seen = []
+    results = {}
+    for channels_last in (True, False):
+        torch.manual_seed(0)
+        model = FasterRCNN(_tiny_config(channels_last=channels_last)).train()
+        model.backbone.register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        model.set_generator(torch.Generator().manual_seed(5))
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        results[channels_last] = (losses, model.rpn.head.conv.weight.grad.clone())
+        model.eval()
+        with torch.no_grad():
+            model(images[:1])
+    assert seen == [True, False, False, False]       # train NHWC, eval NCHW; off: NCHW throughout
+    for key in LOSS_KEYS:
+        torch.testing.assert_close(results[True][0][key], results[False][0][key], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-3, atol=1e-6)
+
+
 def test_vgg16_backbone_builds_and_freezes_conv1_conv2():
     """The paper preset builds VGG-16 without downloading anything; conv1_1..conv2_2 stay fixed."""
     torch.manual_seed(0)
