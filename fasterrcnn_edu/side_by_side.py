@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -118,16 +119,14 @@ def detect_pair(models: dict[str, nn.Module], dataset, device: torch.device, pro
     return detections, seconds, targets
 
 
-def run_side_by_side(train_set, test_set, cfg: Config, device: str | torch.device = "cpu",
-                     log_every: int = 50, progress: bool = True) -> dict:
-    """Train both detectors on `train_set`, evaluate both on `test_set`; mAPs, times and ratios as a dict."""
-    device = torch.device(device)
+def run_pair(train_set, test_set, cfg: Config, device: torch.device, log_every: int = 50,
+             progress: bool = True) -> dict:
+    """One seed (`cfg.seed`): train both detectors on `train_set`, evaluate both on `test_set`."""
     classes = list(train_set.classes)
     models = build_pair(cfg, device)
     train_seconds, log = train_pair(models, train_set, cfg, device, log_every, progress)
     detections, infer_seconds, targets = detect_pair(models, test_set, device, progress)
-    result = {"environment": environment(device), "config": cfg.to_dict(), "steps": cfg.joint.iterations,
-              "train_images": len(train_set), "test_images": len(test_set), "classes": classes, "log": log}
+    result = {"seed": cfg.seed}
     for name in NAMES:
         voc07 = evaluate_voc(detections[name], targets, len(classes) + 1, use_07_metric=True, class_names=classes)
         voc12 = evaluate_voc(detections[name], targets, len(classes) + 1, use_07_metric=False, class_names=classes)
@@ -139,26 +138,60 @@ def run_side_by_side(train_set, test_set, cfg: Config, device: str | torch.devic
     result["ratios"] = {"train_time": ours["train_seconds"] / theirs["train_seconds"],
                         "infer_time": ours["infer_ms_per_image"] / theirs["infer_ms_per_image"],
                         "voc07_map_difference": ours["voc07_map"] - theirs["voc07_map"]}
+    result["log"] = log
     return result
 
 
+def _mean_std(values: list[float]) -> dict:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(values) > 1 else 0.0}
+
+
+def run_side_by_side(train_set, test_set, cfg: Config, seeds: Sequence[int] = (0,),
+                     device: str | torch.device = "cpu", log_every: int = 50, progress: bool = True) -> dict:
+    """`run_pair` for each seed (initial weights of the heads, data order, sampling), and a summary:
+    mean and standard deviation of each detector's mAP and of the differences, total-time ratios."""
+    device = torch.device(device)
+    started = environment(device)
+    runs = [run_pair(train_set, test_set, dataclasses.replace(cfg, seed=seed), device, log_every, progress)
+            for seed in seeds]
+    total = {name: {key: sum(run[name][key] for run in runs) for key in ("train_seconds", "infer_ms_per_image")}
+             for name in NAMES}
+    summary = {name: {"voc07_map": _mean_std([run[name]["voc07_map"] for run in runs]),
+                      "voc12_map": _mean_std([run[name]["voc12_map"] for run in runs]),
+                      "train_ms_per_step": total[name]["train_seconds"] * 1000 / (len(runs) * cfg.joint.iterations),
+                      "infer_ms_per_image": total[name]["infer_ms_per_image"] / len(runs)}
+               for name in NAMES}
+    summary["voc07_map_difference"] = _mean_std([run["ratios"]["voc07_map_difference"] for run in runs])
+    summary["train_time"] = total["ours"]["train_seconds"] / total["torchvision"]["train_seconds"]
+    summary["infer_time"] = total["ours"]["infer_ms_per_image"] / total["torchvision"]["infer_ms_per_image"]
+    return {"environment": started, "config": cfg.to_dict(), "steps": cfg.joint.iterations, "seeds": list(seeds),
+            "train_images": len(train_set), "test_images": len(test_set), "classes": list(train_set.classes),
+            "runs": runs, "summary": summary}
+
+
 def format_table(result: dict) -> str:
-    """The side-by-side table (markdown)."""
+    """The side-by-side tables (markdown): mAP per seed, then times."""
     env = result["environment"]
-    rows = [f"{result['steps']} joint-training steps on {result['train_images']} images, "
-            f"{result['test_images']} test images; device {env['device']}, {env['threads']} threads, "
-            f"torch {env['torch']}, torchvision {env['torchvision']}, {env['date']}",
-            "",
-            "| | VOC07 mAP@0.5 | area mAP | train s | ms / step | infer ms / image |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"{result['steps']} joint-training steps on {result['train_images']} images, evaluated on "
+             f"{result['test_images']} test images; device {env['device']}, {env['threads']} threads, "
+             f"torch {env['torch']}, torchvision {env['torchvision']}, started {env['date']}",
+             "",
+             "| seed | ours VOC07 mAP | torchvision VOC07 mAP | difference | train time ours/tv | infer time ours/tv |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for run in result["runs"]:
+        ratios = run["ratios"]
+        lines.append(f"| {run['seed']} | {run['ours']['voc07_map']:.3f} | {run['torchvision']['voc07_map']:.3f} | "
+                     f"{ratios['voc07_map_difference']:+.3f} | {ratios['train_time']:.2f} | {ratios['infer_time']:.2f} |")
+    s = result["summary"]
+    lines.append(f"| mean ± std | {s['ours']['voc07_map']['mean']:.3f} ± {s['ours']['voc07_map']['std']:.3f} | "
+                 f"{s['torchvision']['voc07_map']['mean']:.3f} ± {s['torchvision']['voc07_map']['std']:.3f} | "
+                 f"{s['voc07_map_difference']['mean']:+.3f} ± {s['voc07_map_difference']['std']:.3f} | "
+                 f"{s['train_time']:.2f} | {s['infer_time']:.2f} |")
+    lines += ["", "| | ms per training step | ms per image at test time |", "| --- | --- | --- |"]
     for name in NAMES:
-        r = result[name]
-        rows.append(f"| {name} | {r['voc07_map']:.3f} | {r['voc12_map']:.3f} | {r['train_seconds']:.0f} | "
-                    f"{r['train_ms_per_step']:.1f} | {r['infer_ms_per_image']:.1f} |")
-    ratios = result["ratios"]
-    rows.append(f"| ours / torchvision | {ratios['voc07_map_difference']:+.3f} (difference) | | "
-                f"{ratios['train_time']:.2f} | | {ratios['infer_time']:.2f} |")
-    return "\n".join(rows)
+        lines.append(f"| {name} | {s[name]['train_ms_per_step']:.1f} | {s[name]['infer_ms_per_image']:.1f} |")
+    return "\n".join(lines)
 
 
 def register(subparsers, formatter_class) -> None:
@@ -170,6 +203,7 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--train-split", default="trainval", help="split to train on")
     p.add_argument("--test-split", default="test", help="split to evaluate on")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images (0: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of both detectors per seed")
     add_config_arguments(p)
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda'")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -200,7 +234,7 @@ def side_by_side_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = run_side_by_side(train_set, test_set, cfg, pick_device(args.device))
+        result = run_side_by_side(train_set, test_set, cfg, args.seeds, pick_device(args.device))
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -72,19 +72,29 @@ def test_pair_starts_from_the_same_backbone_and_is_in_train_mode():
 
 def test_side_by_side_trains_both_and_reports_map_and_time_ratios():
     cfg = _tiny_config(joint=StageSchedule(6, 0.01, 4))
-    result = run_side_by_side(_Squares(), _Squares(), cfg, "cpu", log_every=3, progress=False)
-    assert result["steps"] == 6 and result["test_images"] == 4
-    for name in ("ours", "torchvision"):
-        r = result[name]
-        assert 0.0 <= r["voc07_map"] <= 1.0 and set(r["voc07_ap"]) == {"bright", "dark"}
-        assert r["train_seconds"] > 0 and r["infer_ms_per_image"] > 0
-    # Logged every 3 steps for each model: steps 2 and 5, with the sum of the four losses.
-    assert [(r["model"], r["step"]) for r in result["log"]] == [
-        ("ours", 2), ("torchvision", 2), ("ours", 5), ("torchvision", 5)]
-    assert all(r["loss"] > 0 and r["lr"] == pytest.approx(0.001) for r in result["log"][2:])
-    assert result["ratios"]["train_time"] == pytest.approx(
-        result["ours"]["train_seconds"] / result["torchvision"]["train_seconds"])
-    assert "| ours / torchvision |" in format_table(result)
+    result = run_side_by_side(_Squares(), _Squares(), cfg, seeds=(0, 1), log_every=3, progress=False)
+    assert result["steps"] == 6 and result["test_images"] == 4 and result["seeds"] == [0, 1]
+    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    for run in result["runs"]:
+        for name in ("ours", "torchvision"):
+            r = run[name]
+            assert 0.0 <= r["voc07_map"] <= 1.0 and set(r["voc07_ap"]) == {"bright", "dark"}
+            assert r["train_seconds"] > 0 and r["infer_ms_per_image"] > 0
+        # Logged every 3 steps for each model: steps 2 and 5, with the sum of the four losses.
+        assert [(r["model"], r["step"]) for r in run["log"]] == [
+            ("ours", 2), ("torchvision", 2), ("ours", 5), ("torchvision", 5)]
+        assert all(r["loss"] > 0 and r["lr"] == pytest.approx(0.001) for r in run["log"][2:])
+        assert run["ratios"]["train_time"] == pytest.approx(
+            run["ours"]["train_seconds"] / run["torchvision"]["train_seconds"])
+    # Different seeds start the heads from different weights: the first logged losses differ.
+    assert result["runs"][0]["log"][0]["loss"] != result["runs"][1]["log"][0]["loss"]
+    summary = result["summary"]
+    maps = [run["ours"]["voc07_map"] for run in result["runs"]]
+    assert summary["ours"]["voc07_map"]["mean"] == pytest.approx(sum(maps) / 2)
+    total = [sum(run[name]["train_seconds"] for run in result["runs"]) for name in ("ours", "torchvision")]
+    assert summary["train_time"] == pytest.approx(total[0] / total[1])
+    table = format_table(result)
+    assert "| mean ± std |" in table and table.count("\n| 0 |") == 1
 
 
 def test_side_by_side_command_writes_json(tmp_path):
@@ -96,8 +106,8 @@ def test_side_by_side_command_writes_json(tmp_path):
                  "--threads", "1", "--out", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["steps"] == 3 and result["test_images"] == 2
-    assert {"train_time", "infer_time", "voc07_map_difference"} == set(result["ratios"])
+    assert result["steps"] == 3 and result["test_images"] == 2 and len(result["runs"]) == 1
+    assert {"train_time", "infer_time", "voc07_map_difference"} == set(result["runs"][0]["ratios"])
 
 
 def test_side_by_side_command_names_a_missing_data_folder(tmp_path, capsys):
