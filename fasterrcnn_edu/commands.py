@@ -74,6 +74,8 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0: all)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="run the networks under autocast in this precision (boxes stay fp32)")
     p.set_defaults(func=eval_command)
 
     p = subparsers.add_parser("detect", formatter_class=formatter_class, help="detect objects in images",
@@ -218,12 +220,15 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     subset = Subset(dataset, range(min(args.limit, len(dataset)))) if args.limit else dataset
-    result = evaluate_model(model, subset, classes, device, progress=True)
+    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        result = evaluate_model(model, subset, classes, device, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)
     print(result["voc07"].table())
     print(f"VOC2010+ area mAP: {result['voc12'].map:.4f}   COCO AP@[.5:.95]: {result['coco']['AP']:.4f}")
     metrics = {
         "model": str(args.model), "data": str(args.data), "split": args.split, "images": len(subset),
+        "amp": args.amp,
         "voc07_map": result["voc07"].map, "voc07_ap": result["voc07"].ap,
         "voc12_map": result["voc12"].map, "voc12_ap": result["voc12"].ap,
         "coco": result["coco"], "recall_vs_iou": {str(k): v for k, v in result["recall_vs_iou"].items()},

@@ -191,7 +191,8 @@ def test_ddp_two_cpu_processes_keep_identical_replicas(tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in single.model.state_dict().items())
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "detect", "bench", "make-data", "check-data"])
+@pytest.mark.parametrize("command", ["train", "pretrain", "eval", "detect", "bench", "side-by-side",
+                                     "make-data", "check-data"])
 def test_every_command_has_help_with_defaults(command, capsys):
     from fasterrcnn_edu.cli import build_parser
     with pytest.raises(SystemExit) as exit_info:
