@@ -48,6 +48,8 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1'")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: autocast the networks (boxes and losses stay fp32; fp16 adds loss scaling)")
     p.set_defaults(func=train_command)
 
     p = subparsers.add_parser("pretrain", formatter_class=formatter_class,
@@ -173,7 +175,7 @@ def train_command(args: argparse.Namespace) -> int:
           f"{len(dataset.classes)} classes, device {device}; output in {args.out}")
     try:
         result = train(dataset, cfg, args.mode, args.out, device, args.resume,
-                       checkpoint_every=args.checkpoint_every, classes=list(dataset.classes))
+                       checkpoint_every=args.checkpoint_every, classes=list(dataset.classes), amp=args.amp)
     except (CheckpointError, NonFiniteLossError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

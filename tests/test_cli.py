@@ -24,7 +24,7 @@ def tiny_shapes(tmp_path_factory):
 
 def test_train_then_eval_then_detect(tiny_shapes, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_shapes), "--mode", "joint", "--iterations-scale", "0.0012",
+    assert main(["train", "--data", str(tiny_shapes), "--mode", "joint", "--iterations-scale", "0.0012", "--amp", "bf16",
                  "--set", "warmup_iterations=1", "--set", "min_size=128", "--set", "max_size=160",
                  "--threads", "1", "--out", str(run)]) == 0
     assert {"model.pt", "checkpoint.pt", "log.csv", "log.jsonl", "losses.png"} <= {p.name for p in run.iterdir()}
