@@ -39,14 +39,10 @@ from fasterrcnn_edu.config import Config, get_config
 from fasterrcnn_edu.labeling import label_anchors, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.nms import nms, nms_readable
+from fasterrcnn_edu.profiling import synchronize
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.roi_heads import pool_rois, roi_pool_readable, rois_with_batch_index
 from fasterrcnn_edu.transforms import ImageBatch
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
@@ -69,7 +65,7 @@ def compare(ours: Callable[[], object], theirs: Callable[[], object] | None, dev
         for fn in functions:
             start = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             slowest = max(slowest, time.perf_counter() - start)
     calls = max(1, math.ceil(min_sample_seconds / max(slowest, 1e-6)))
     times: list[list[float]] = [[] for _ in functions]
@@ -78,7 +74,7 @@ def compare(ours: Callable[[], object], theirs: Callable[[], object] | None, dev
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
-            _sync(device)
+            synchronize(device)
             bucket.append((time.perf_counter() - start) / calls)
     medians = [statistics.median(t) for t in times]
     return medians[0], (medians[1] if len(medians) > 1 else 0.0)

@@ -62,7 +62,8 @@ PAPER_TABLE5_MS = {
 }
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (timings of asynchronous kernels); nothing to wait for on a CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -89,10 +90,10 @@ def staged_forward(model: FasterRCNN, images: list[Tensor], clock: Callable[[], 
     times: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], object]):
-        _sync(device)
+        synchronize(device)
         start = clock()
         out = fn()
-        _sync(device)
+        synchronize(device)
         times[name] = clock() - start
         return out
 
@@ -150,12 +151,12 @@ def profile_stages(model: FasterRCNN, images: list[Tensor], repeats: int = 5, wa
     if whole_forward:
         with torch.no_grad():
             model(images)
-            _sync(device)
+            synchronize(device)
             forward = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 model(images)
-                _sync(device)
+                synchronize(device)
                 forward.append(time.perf_counter() - start)
         result["forward"] = statistics.median(forward)
     return result

@@ -29,11 +29,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn_edu.bench import _sync, environment, torchvision_twin
+from fasterrcnn_edu.bench import environment, torchvision_twin
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import evaluate_voc
 from fasterrcnn_edu.model import FasterRCNN
-from fasterrcnn_edu.training import _flush_log, build_stages, learning_rate, load_batch
+from fasterrcnn_edu.profiling import synchronize
+from fasterrcnn_edu.training import flush_log, build_stages, learning_rate, load_batch
 
 NAMES = ("ours", "torchvision")
 
@@ -77,12 +78,12 @@ def train_pair(models: dict[str, nn.Module], dataset, cfg: Config, device: torch
             optimizers[name].zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             optimizers[name].step()
-            _sync(device)
+            synchronize(device)
             seconds[name] += time.perf_counter() - start
             pending[name].append((step, {k: v.detach().float() for k, v in losses.items()}))
         if (step + 1) % log_every == 0 or step + 1 == schedule.iterations:
             for name in models:
-                record = _flush_log(pending[name], dataclasses.replace(stage, name=f"joint ({name})"), lr,
+                record = flush_log(pending[name], dataclasses.replace(stage, name=f"joint ({name})"), lr,
                                     seconds[name])
                 log.append({"model": name, **record, "loss": sum(v for k, v in record.items()
                                                                  if k.startswith("loss"))})
@@ -112,7 +113,7 @@ def detect_pair(models: dict[str, nn.Module], dataset, device: torch.device, pro
         for name, model in models.items():
             start = time.perf_counter()
             output = model([image])[0]
-            _sync(device)
+            synchronize(device)
             seconds[name] += time.perf_counter() - start
             detections[name].append({k: v.cpu() for k, v in output.items()})
         targets.append(target)

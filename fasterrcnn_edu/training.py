@@ -239,7 +239,7 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
             stopping = stop_after is not None and steps_done >= stop_after
             if len(pending) >= log_every or last or stopping:
                 # The only host synchronisation: once per `log_every` steps.
-                record = _flush_log(pending, stage, lr, time.perf_counter() - t0)
+                record = flush_log(pending, stage, lr, time.perf_counter() - t0)
                 log.append(record)
                 pending = []
                 if bar is not None:
@@ -285,7 +285,7 @@ def _wrap_for_ddp(nets: dict, name: str, device: torch.device) -> dict:
     return {**nets, name: DistributedDataParallel(nets[name], device_ids=ids, find_unused_parameters=True)}
 
 
-def _flush_log(pending: list[tuple[int, dict[str, Tensor]]], stage: Stage, lr: float, seconds: float) -> dict:
+def flush_log(pending: list[tuple[int, dict[str, Tensor]]], stage: Stage, lr: float, seconds: float) -> dict:
     """Average the pending steps' losses; stop with a clear message at the first non-finite one."""
     stacked = {k: torch.stack([losses[k] for _, losses in pending]) for k in pending[0][1]}
     for name, values in stacked.items():
