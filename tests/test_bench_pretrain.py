@@ -9,6 +9,7 @@ from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.pretrain import crop_boxes, pretrain_backbone
 from fasterrcnn_edu.boxes import box_iou
+from two_squares import TwoSquares
 
 
 def test_bench_tiny_runs_and_reports_ratios():
@@ -40,19 +41,6 @@ def test_torchvision_twin_has_our_weights_and_settings():
     assert torch.allclose(theirs_logits.permute(0, 2, 3, 1).reshape(1, -1), ours_logits, atol=1e-6)
 
 
-class _Shapes:
-    classes = ["bright", "dark"]
-
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, i):
-        image = torch.full((3, 96, 128), 0.5)
-        image[:, 10:50, 10:50] = 1.0
-        image[:, 40:90, 70:120] = 0.0
-        return image, {"boxes": torch.tensor([[10.0, 10, 50, 50], [70, 40, 120, 90]]), "labels": torch.tensor([1, 2])}
-
-
 def test_crop_boxes_backgrounds_do_not_overlap_objects():
     gt = torch.tensor([[10.0, 10, 50, 50], [70, 40, 120, 90]])
     boxes, is_object = crop_boxes(gt, (96, 128), 5, torch.Generator().manual_seed(0))
@@ -63,7 +51,7 @@ def test_crop_boxes_backgrounds_do_not_overlap_objects():
 
 def test_pretraining_learns_to_tell_the_crops_apart(tmp_path):
     cfg = Config.book(num_classes=3)
-    backbone, log = pretrain_backbone(_Shapes(), cfg, steps=60, images_per_step=2, lr=0.05,
+    backbone, log = pretrain_backbone(TwoSquares(), cfg, steps=60, images_per_step=2, lr=0.05,
                                       out_path=tmp_path / "bb.pt", progress=False)
     # Chance level is 1/3 accuracy and a loss of ln 3 ≈ 1.10.
     assert log[-1]["accuracy"] >= 0.9 and log[-1]["loss"] < 0.5

@@ -13,22 +13,7 @@ from fasterrcnn_edu.data.synthetic import generate_dataset
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
 from fasterrcnn_edu.side_by_side import build_pair, format_table, run_side_by_side
-
-
-class _Squares:
-    """Four 96×128 images with a bright and a dark square (classes 1 and 2)."""
-
-    classes = ["bright", "dark"]
-
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, i):
-        image = torch.full((3, 96, 128), 0.5)
-        image[:, 10 + i:50 + i, 10:50] = 1.0
-        image[:, 40:90, 70:120] = 0.0
-        boxes = torch.tensor([[10.0, 10 + i, 50, 50 + i], [70, 40, 120, 90]])
-        return image, {"boxes": boxes, "labels": torch.tensor([1, 2])}
+from two_squares import TwoSquares
 
 
 def _tiny_config(**overrides) -> Config:
@@ -72,7 +57,7 @@ def test_pair_starts_from_the_same_backbone_and_is_in_train_mode():
 
 def test_side_by_side_trains_both_and_reports_map_and_time_ratios():
     cfg = _tiny_config(joint=StageSchedule(6, 0.01, 4))
-    result = run_side_by_side(_Squares(), _Squares(), cfg, seeds=(0, 1), log_every=3, progress=False)
+    result = run_side_by_side(TwoSquares(shift=1), TwoSquares(shift=1), cfg, seeds=(0, 1), log_every=3, progress=False)
     assert result["steps"] == 6 and result["test_images"] == 4 and result["seeds"] == [0, 1]
     assert [run["seed"] for run in result["runs"]] == [0, 1]
     for run in result["runs"]:
