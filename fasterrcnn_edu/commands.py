@@ -27,6 +27,16 @@ def save_figure(ax, path: Path) -> None:
     plt.close(ax.figure)
 
 
+def open_dataset(root: Path, split: str, classes: list[str] | None = None):
+    """`VOCDataset(root, split)`, or None after printing why not (missing folder or split, bad file) on stderr."""
+    from fasterrcnn_edu.data import DataError, VOCDataset
+    try:
+        return VOCDataset(root, split, classes=classes)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def pick_device(name: str) -> torch.device:
     """"auto" means CUDA when present, else CPU."""
     if name == "auto":
@@ -155,15 +165,12 @@ def _scaled(cfg, factor: float):
 
 def train_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.checkpoint import CheckpointError
-    from fasterrcnn_edu.data import DataError, VOCDataset
     from fasterrcnn_edu.training import NonFiniteLossError, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        dataset = VOCDataset(args.data, args.split)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    dataset = open_dataset(args.data, args.split)
+    if dataset is None:
         return 1
     try:
         cfg = config_from_arguments(args, num_classes=len(dataset.classes) + 1)
@@ -185,15 +192,12 @@ def train_command(args: argparse.Namespace) -> int:
 
 def pretrain_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.config import get_config
-    from fasterrcnn_edu.data import DataError, VOCDataset
     from fasterrcnn_edu.pretrain import pretrain_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        dataset = VOCDataset(args.data, args.split)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    dataset = open_dataset(args.data, args.split)
+    if dataset is None:
         return 1
     cfg = get_config(args.preset, num_classes=len(dataset.classes) + 1)
     _, log = pretrain_backbone(dataset, cfg, args.steps, out_path=args.out, device=pick_device(args.device),
@@ -211,7 +215,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.checkpoint import CheckpointError
     from fasterrcnn_edu.data import DataError, VOCDataset
     from fasterrcnn_edu.inference import evaluate_model
-    from fasterrcnn_edu.training import load_model
+    from fasterrcnn_edu.training import AMP_DTYPES, load_model
     from fasterrcnn_edu.viz import plot_pr_curves, plot_recall_vs_iou
 
     device = pick_device(args.device)
@@ -222,7 +226,7 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     subset = Subset(dataset, range(min(args.limit, len(dataset)))) if args.limit else dataset
-    dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    dtype = AMP_DTYPES[args.amp]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         result = evaluate_model(model, subset, classes, device, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)

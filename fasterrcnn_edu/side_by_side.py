@@ -215,20 +215,19 @@ def register(subparsers, formatter_class) -> None:
 def side_by_side_command(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
-    from fasterrcnn_edu.commands import config_from_arguments, pick_device
-    from fasterrcnn_edu.data import DataError, VOCDataset
+    from fasterrcnn_edu.commands import config_from_arguments, open_dataset, pick_device
     from fasterrcnn_edu.training import NonFiniteLossError
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        train_set = VOCDataset(args.data, args.train_split)
-        test_set = VOCDataset(args.data, args.test_split, classes=train_set.classes)
-        if args.limit:
-            test_set = Subset(test_set, range(min(args.limit, len(test_set))))
-    except (DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    train_set = open_dataset(args.data, args.train_split)
+    if train_set is None:
         return 1
+    test_set = open_dataset(args.data, args.test_split, classes=train_set.classes)
+    if test_set is None:
+        return 1
+    if args.limit:
+        test_set = Subset(test_set, range(min(args.limit, len(test_set))))
     try:
         cfg = config_from_arguments(args, num_classes=len(train_set.classes) + 1)
     except ValueError as exc:

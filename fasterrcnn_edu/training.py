@@ -36,6 +36,8 @@ from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 from fasterrcnn_edu.transforms import hflip
 
 MODES = ("alternating", "joint", "unshared")
+# Mixed precision: the `amp` names accepted by `train` (and the CLI's --amp) and their autocast dtypes.
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -188,7 +190,7 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
     for net in nets.values():
         net.to(device).train()
         net.set_generator(generator)
-    amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    amp_dtype = AMP_DTYPES[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start_stage, start_step, log, elapsed, optimizer_state = 0, 0, [], 0.0, None
