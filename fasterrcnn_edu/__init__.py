@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from fasterrcnn_edu.config import Config, StageSchedule, get_config
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
-from fasterrcnn_edu.training import load_model, save_model, train
+from fasterrcnn_edu.checkpoint import load_model, save_model
+from fasterrcnn_edu.training import train
 
 __all__ = ["Config", "StageSchedule", "get_config", "FasterRCNN", "UnsharedFasterRCNN",
            "load_model", "save_model", "train"]

@@ -1,7 +1,8 @@
 """Command-line interface: `python -m fasterrcnn_edu COMMAND --help`.
 
 Each command lives next to the code it drives; a module contributes its sub-commands through a
-`register(subparsers)` function, listed in `COMMAND_MODULES` below in the order the book teaches.
+`register(subparsers, formatter_class)` function, listed in `COMMAND_MODULES` below: first the
+detector's own commands, then the lab's (the book's experiments, benchmarks and comparisons).
 """
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "fasterrcnn_edu.data.commands",   # make-data, check-data
-    "fasterrcnn_edu.commands",        # train, eval, detect
-    "fasterrcnn_edu.bench",           # bench
-    "fasterrcnn_edu.side_by_side",    # side-by-side
+    "fasterrcnn_edu.data.commands",         # make-data, check-data
+    "fasterrcnn_edu.commands",              # train, eval, detect
+    "fasterrcnn_edu.lab.pretrain",          # pretrain
+    "fasterrcnn_edu.lab.experiments",       # lambda-sweep
+    "fasterrcnn_edu.lab.ablations",         # ablation recall|test-time|anchors
+    "fasterrcnn_edu.lab.profiling",         # profile
+    "fasterrcnn_edu.lab.bench",             # bench
+    "fasterrcnn_edu.lab.side_by_side",      # side-by-side
 )
 
 

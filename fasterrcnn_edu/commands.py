@@ -62,21 +62,6 @@ def register(subparsers, formatter_class) -> None:
                    help="mixed precision: autocast the networks (boxes and losses stay fp32; fp16 adds loss scaling)")
     p.set_defaults(func=train_command)
 
-    p = subparsers.add_parser("pretrain", formatter_class=formatter_class,
-                              help="pre-train the backbone on object crops (the book's ImageNet stand-in)",
-                              description="Step 0 (the paper starts from ImageNet): train the backbone to "
-                                          "classify crops of the training objects and background; writes a "
-                                          "weights file for `train --backbone-weights`.")
-    p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="VOC-layout folder")
-    p.add_argument("--split", default="trainval", help="split whose objects are cropped")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="book", help="configuration preset (its backbone)")
-    p.add_argument("--steps", type=int, default=1500, help="SGD steps (8 images' crops each)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", type=Path, default=Path("runs/backbone.pt"), help="weights file to write")
-    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda'")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.set_defaults(func=pretrain_command)
-
     p = subparsers.add_parser("eval", formatter_class=formatter_class, help="evaluate a trained detector",
                               description="VOC mAP per class (11-point VOC07 and area AP), COCO AP@[.5:.95] and "
                                           "recall vs IoU of the proposals; writes metrics.json and PNG plots.")
@@ -120,7 +105,7 @@ def config_from_arguments(args: argparse.Namespace, num_classes: int):
     if args.backbone_weights:
         overrides["backbone_weights"] = str(args.backbone_weights)
     overrides.update(parse_overrides(args.set))
-    return _scaled(get_config(args.preset, **overrides), args.iterations_scale)
+    return get_config(args.preset, **overrides).scaled(args.iterations_scale)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -151,18 +136,6 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _scaled(cfg, factor: float):
-    import dataclasses
-    if factor == 1.0:
-        return cfg
-    stages = {}
-    for name in ("stage_rpn1", "stage_det1", "stage_rpn2", "stage_det2", "joint"):
-        s = getattr(cfg, name)
-        stages[name] = dataclasses.replace(s, iterations=max(1, round(s.iterations * factor)),
-                                           lr_step=max(1, round(s.lr_step * factor)))
-    return dataclasses.replace(cfg, **stages)
-
-
 def train_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.checkpoint import CheckpointError
     from fasterrcnn_edu.training import NonFiniteLossError, train
@@ -190,23 +163,6 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def pretrain_command(args: argparse.Namespace) -> int:
-    from fasterrcnn_edu.config import get_config
-    from fasterrcnn_edu.pretrain import pretrain_backbone
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dataset = open_dataset(args.data, args.split)
-    if dataset is None:
-        return 1
-    cfg = get_config(args.preset, num_classes=len(dataset.classes) + 1)
-    _, log = pretrain_backbone(dataset, cfg, args.steps, out_path=args.out, device=pick_device(args.device),
-                               seed=args.seed)
-    print(f"crop accuracy {log[-1]['accuracy']:.3f} after {args.steps} steps ({log[-1]['seconds']:.0f} s); "
-          f"wrote {args.out}")
-    return 0
-
-
 def eval_command(args: argparse.Namespace) -> int:
     import matplotlib
     matplotlib.use("Agg")             # files only, no window: before anything draws
@@ -215,7 +171,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.checkpoint import CheckpointError
     from fasterrcnn_edu.data import DataError, VOCDataset
     from fasterrcnn_edu.inference import evaluate_model
-    from fasterrcnn_edu.training import AMP_DTYPES, load_model
+    from fasterrcnn_edu.checkpoint import load_model
+    from fasterrcnn_edu.training import AMP_DTYPES
     from fasterrcnn_edu.viz import plot_pr_curves, plot_recall_vs_iou
 
     device = pick_device(args.device)
@@ -254,7 +211,7 @@ def detect_command(args: argparse.Namespace) -> int:
 
     from fasterrcnn_edu.checkpoint import CheckpointError
     from fasterrcnn_edu.data import DataError, read_image_tensor
-    from fasterrcnn_edu.training import load_model
+    from fasterrcnn_edu.checkpoint import load_model
     from fasterrcnn_edu.viz import plot_detections
 
     device = pick_device(args.device)

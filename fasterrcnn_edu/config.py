@@ -11,8 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+# The Config fields that hold a StageSchedule, in training order.
+STAGE_FIELDS = ("stage_rpn1", "stage_det1", "stage_rpn2", "stage_det2", "joint")
+DIFFICULT_CHOICES = ("drop", "ignore", "train")
 
-@dataclass
+
+@dataclass(frozen=True)
 class StageSchedule:
     """SGD schedule of one training stage: `iterations` mini-batches, lr multiplied by 0.1 at `lr_step`."""
 
@@ -21,12 +25,14 @@ class StageSchedule:
     lr_step: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Every setting of the detector, its training and its evaluation, each field commented with its source.
 
     Build one with a preset, `Config.paper()` or `Config.book()`, overriding fields by keyword,
-    e.g. `Config.book(rpn_lambda=1.0)`.
+    e.g. `Config.book(rpn_lambda=1.0)`. A Config is immutable: `dataclasses.replace(cfg, ...)`
+    (or `cfg.replace(...)`) gives a changed copy, so a model's settings never change under it.
+    Fields marked "ours" are deviations from the paper and the released code, each named here.
     """
 
     # --- data and image scale -------------------------------------------------------------
@@ -50,7 +56,7 @@ class Config:
 
     # --- RPN head and its training targets (paper §3.1, §3.1.2) ---------------------------
     rpn_channels: int = 512                 # paper §3.1: 512-d intermediate layer for VGG (256-d for ZF)
-    rpn_fg_iou: float = 0.7                 # paper §3.1.2: positive if IoU > 0.7
+    rpn_fg_iou: float = 0.7                 # paper §3.1.2: positive if IoU > 0.7 (released code and torchvision: >= 0.7)
     rpn_bg_iou: float = 0.3                 # paper §3.1.2: negative if IoU < 0.3 for all ground truth
     rpn_batch_size: int = 256               # paper §3.1.2: 256 anchors per image
     rpn_positive_fraction: float = 0.5      # paper §3.1.2: up to 1:1 positives : negatives
@@ -71,7 +77,8 @@ class Config:
     # --- RoI pooling and the Fast R-CNN head (Fast R-CNN §2) ----------------------------
     roi_output_size: int = 7                # Fast R-CNN: 7×7 for VGG-16 (6×6 for ZF)
     roi_pool: str = "max"                   # Fast R-CNN RoI max pooling; "align": RoIAlign (Mask R-CNN)
-    roi_batch_size: int = 128               # Fast R-CNN §2.3: 128 RoIs per image (R = 128, N = 2... per image)
+    roi_batch_size: int = 64                # RoIs per image. released alt-opt Fast R-CNN stages: 2 images × 64 = R 128
+                                            # (Fast R-CNN §2.3); the released end-to-end (joint) code uses 1 image × 128
     roi_positive_fraction: float = 0.25     # Fast R-CNN §2.3: 25 % foreground
     roi_fg_iou: float = 0.5                 # Fast R-CNN §2.3: foreground IoU ≥ 0.5
     roi_bg_iou_low: float = 0.1             # Fast R-CNN §2.3: background IoU in [0.1, 0.5)
@@ -87,11 +94,17 @@ class Config:
     detections_per_img: int = 100           # released code: max_per_image = 100
 
     # --- training (paper §3.3, released code train_faster_rcnn_alt_opt.py) -------------
-    images_per_batch: int = 1               # paper §3.1.3: "each mini-batch arises from a single image"
+    images_per_batch: int = 1               # paper §3.1.3: "each mini-batch arises from a single image" (RPN stages)
+    det_images_per_batch: int = 2           # released alt-opt code: Fast R-CNN stages take 2 images (TRAIN.IMS_PER_BATCH = 2)
     momentum: float = 0.9                   # paper §3.1.3
     weight_decay: float = 0.0005            # paper §3.1.3
+    bias_lr_mult: float = 2.0               # released prototxts: biases train with lr_mult 2 ...
+    bias_weight_decay: bool = False         # ... and decay_mult 0
     warmup_iterations: int = 0              # not in the paper; the book's from-scratch net needs a short warm-up
     flip: bool = True                       # paper: horizontal flip is the only augmentation (released code)
+    difficult: str = "drop"                 # released code (use_diff=False): VOC difficult / COCO crowd boxes are removed
+                                            # from training; "ignore" (ours): they become ignore regions for anchor
+                                            # labelling and RoI sampling; "train": trained on as ordinary objects
     channels_last: bool = True              # speed only (PyTorch memory-format guide): NHWC training convs
     # The 4-step schedule (paper §3.2): RPN, Fast R-CNN, RPN (shared layers frozen), Fast R-CNN (frozen).
     # paper §3.1.3: lr 0.001 for 60k mini-batches, 0.0001 for the next 20k (VOC); released code: 80k/40k per stage.
@@ -99,6 +112,16 @@ class Config:
     stage_det1: StageSchedule = field(default_factory=lambda: StageSchedule(40000, 0.001, 30000))
     stage_rpn2: StageSchedule = field(default_factory=lambda: StageSchedule(80000, 0.001, 60000))
     stage_det2: StageSchedule = field(default_factory=lambda: StageSchedule(40000, 0.001, 30000))
+    # How steps 3-4 start. released code (alt-opt): step 3 trains a freshly initialised RPN head on the
+    # frozen step-2 features; step 4 re-initialises cls_score/bbox_pred. False (ours): warm starts from
+    # the step-1 RPN head and the step-2 predictor.
+    alt_reinit_heads: bool = True
+    # released code: steps 2 and 4 train on proposals computed once by the previous step's RPN in test
+    # mode (RPN_PRE_NMS_TOP_N = -1, i.e. all, post-NMS 2000) and stored; False (ours): proposals from the
+    # previous RPN in train mode on every step (a second forward pass per step).
+    alt_precomputed_proposals: bool = True
+    alt_proposal_pre_nms_top_n: int = 0     # released code: -1 (all anchors) before NMS; 0 here means all
+    alt_proposal_post_nms_top_n: int = 2000  # released code: RPN_POST_NMS_TOP_N = 2000 for the stored proposals
     joint: StageSchedule = field(default_factory=lambda: StageSchedule(70000, 0.001, 50000))  # released code end2end (VOC07)
     seed: int = 0
 
@@ -114,9 +137,9 @@ class Config:
         book = cls(
             num_classes=7,                  # 6 shape classes + background (data/shapes/classes.txt)
             min_size=256, max_size=320,     # the shapes images are 320×256: no rescaling
-            backbone="small",               # 5 conv layers, stride 16, 128 channels (backbones.py)
+            backbone="small",               # 6 conv layers, stride 16, 128 channels (backbones.py)
             frozen_layers=0,                # trained from scratch: nothing to keep fixed
-            anchor_scales=(2, 4, 8),        # 32², 64², 128² boxes: the paper's 128..512 scaled by 256/600 ≈ 1/2.3
+            anchor_scales=(2, 4, 8),        # 32², 64², 128² boxes: the paper's 128..512 divided by 4 (ours: object sizes)
             rpn_channels=128,
             rpn_min_size=4.0,               # objects down to ~1/16 of the side exist in the data
             rpn_smooth_l1_beta=1.0 / 9.0,   # released code's sigma = 3
@@ -124,9 +147,11 @@ class Config:
             rpn_pre_nms_top_n_test=1000,
             rpn_post_nms_top_n_train=500,
             rpn_post_nms_top_n_test=300,
-            roi_batch_size=64,
+            roi_batch_size=64,              # 2 images × 64 RoIs, as the released alt-opt Fast R-CNN stages
             head_hidden=256,
-            images_per_batch=2,
+            images_per_batch=2,             # ours: 2 images per RPN step too (CPU throughput)
+            difficult="ignore",             # ours: difficult shapes are ignore regions (see `difficult` above)
+            alt_proposal_post_nms_top_n=500,  # the book's train-time post-NMS top-N
             warmup_iterations=200,
             stage_rpn1=StageSchedule(1500, 0.01, 1200),
             stage_det1=StageSchedule(2000, 0.01, 1600),
@@ -141,13 +166,26 @@ class Config:
         """The number k of anchors per sliding-window position (k = 9 in paper §3.1.1)."""
         return len(self.anchor_scales) * len(self.anchor_ratios)
 
+    def replace(self, **changes) -> "Config":
+        """A copy with `changes` applied (the Config itself never changes)."""
+        return dataclasses.replace(self, **changes)
+
+    def scaled(self, factor: float) -> "Config":
+        """Every stage's iterations, lr step and the warm-up multiplied by `factor` (at least 1 step each)."""
+        if factor == 1.0:
+            return self
+        stages = {name: dataclasses.replace(s, iterations=max(1, round(s.iterations * factor)),
+                                            lr_step=max(1, round(s.lr_step * factor)))
+                  for name in STAGE_FIELDS for s in [getattr(self, name)]}
+        return dataclasses.replace(self, warmup_iterations=round(self.warmup_iterations * factor), **stages)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         values = dict(values)
-        for name in ("stage_rpn1", "stage_det1", "stage_rpn2", "stage_det2", "joint"):
+        for name in STAGE_FIELDS:
             if isinstance(values.get(name), dict):
                 values[name] = StageSchedule(**values[name])
         for f in dataclasses.fields(cls):

@@ -9,12 +9,15 @@ What this module reproduces
   maintained `faster_coco_eval` library (a C++ re-implementation of ``pycocotools``).
 * `recall_vs_iou` / `average_recall`: the "Analysis of Recall-to-IoU" of Sec. 4.1 (Figure 4):
   recall of the top-N proposals as a function of the IoU threshold.
-* `sliding_window_proposals`: a non-learned proposal baseline that stands in for Selective Search
-  (the paper's main comparison), because OpenCV's contrib Selective Search is not a dependency.
-  `selective_search_proposals` uses the real thing when ``cv2.ximgproc`` is installed.
+
+The non-learned proposal baselines the book compares the RPN with live in `fasterrcnn_edu.lab.baselines`.
 
 Box convention: (x1, y1, x2, y2) continuous coordinates, width = x2 - x1, like the rest of the
-package (and torchvision). Labels are 1..K, 0 is background.
+package (and torchvision). Labels are 1..K, 0 is background. The devkit treats boxes as
+inclusive pixel ranges and adds 1 to every width and height; our VOC loader maps an inclusive
+``[xmin, xmax]`` to the continuous ``[xmin - 1, xmax]`` (`fasterrcnn_edu.data.voc`), so a detection
+written back as ``x1 + 1, x2`` has exactly the devkit's IoU: the continuous IoU used here equals
+the devkit's, with no "+1" discrepancy.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou as _box_iou, nms
+
+from fasterrcnn_edu.boxes import box_iou
 
 __all__ = [
     "VOCResult",
@@ -36,30 +40,19 @@ __all__ = [
     "evaluate_coco",
     "recall_vs_iou",
     "average_recall",
-    "sliding_window_proposals",
-    "selective_search_proposals",
-    "box_iou",
 ]
-
-
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU. boxes1: (N, 4), boxes2: (M, 4) float x1,y1,x2,y2 -> (N, M).
-
-    Continuous convention: area = (x2 - x1) * (y2 - y1). The official VOC devkit instead treats
-    boxes as inclusive pixel ranges and adds 1 to every width and height; for VOC-sized boxes
-    (~100 px) this changes IoUs by well under 1%, so a handful of borderline matches at IoU 0.5
-    can flip and mAP may differ from the devkit's in the third decimal. We keep the continuous
-    convention so evaluation agrees with the IoUs used for training (anchor labelling, NMS).
-    """
-    return _box_iou(boxes1.float(), boxes2.float())
 
 
 # ----------------------------------------------------------------------------------------------
 # PASCAL VOC
 # ----------------------------------------------------------------------------------------------
 
+# py-faster-rcnn's voc_eval.py: np.arange(0., 1.1, 0.1) (MATLAB's 0:0.1:1 in VOCevaldet.m).
+DEVKIT_11_POINT_THRESHOLDS = np.arange(0.0, 1.1, 0.1)
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
-    """Average precision from a precision/recall curve, exactly as the VOC devkit's ``VOCap``.
+    """Average precision from a precision/recall curve, as the VOC devkit's ``VOCap`` and py-faster-rcnn's ``voc_ap``.
 
     recall, precision: (D,) cumulative values, one per detection in descending-score order.
 
@@ -71,9 +64,11 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True
     recall = np.asarray(recall, dtype=np.float64).ravel()
     precision = np.asarray(precision, dtype=np.float64).ravel()
     if use_07_metric:
-        # k / 10 gives correctly rounded thresholds (0.3, not the 0.30000000000000004 that
-        # np.arange(0, 1.1, 0.1) produces), so a recall of exactly 3/10 counts for t = 0.3.
-        thresholds = np.arange(11) / 10.0
+        # The released code's thresholds, np.arange(0, 1.1, 0.1), bit for bit: three of them are
+        # not the decimal value (0.30000000000000004, 0.6000000000000001, 0.7000000000000001),
+        # so a recall of exactly 3/10 does not reach t = 0.3. It matters only when npos is a
+        # multiple of 10 and recall lands exactly on such a threshold; we keep it for parity.
+        thresholds = DEVKIT_11_POINT_THRESHOLDS
         interpolated = [precision[recall >= t].max() if (recall >= t).any() else 0.0
                         for t in thresholds]
         # Sum, then divide (the devkit adds p/11 eleven times; same value up to rounding, but
@@ -144,7 +139,7 @@ def _class_key(label: int, num_classes: int, class_names: Sequence[str] | None):
                      f"{num_classes} (with background) or {num_classes - 1} (without)")
 
 
-def _to_cpu(x) -> Tensor:
+def to_cpu(x) -> Tensor:
     return torch.as_tensor(x).detach().cpu()
 
 
@@ -152,7 +147,7 @@ def _difficult_mask(target: dict) -> Tensor:
     n = len(target["labels"])
     if target.get("difficult") is None:
         return torch.zeros(n, dtype=torch.bool)
-    return _to_cpu(target["difficult"]).bool().reshape(n)
+    return to_cpu(target["difficult"]).bool().reshape(n)
 
 
 def _match_class(dets: list[tuple[Tensor, Tensor]], gts: list[tuple[Tensor, Tensor]],
@@ -229,8 +224,8 @@ def evaluate_voc(detections: Sequence[dict], targets: Sequence[dict], num_classe
     """
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection dicts for {len(targets)} targets")
-    dets = [{k: _to_cpu(d[k]) for k in ("boxes", "scores", "labels")} for d in detections]
-    tgts = [{"boxes": _to_cpu(t["boxes"]).reshape(-1, 4), "labels": _to_cpu(t["labels"]),
+    dets = [{k: to_cpu(d[k]) for k in ("boxes", "scores", "labels")} for d in detections]
+    tgts = [{"boxes": to_cpu(t["boxes"]).reshape(-1, 4), "labels": to_cpu(t["labels"]),
              "difficult": _difficult_mask(t)} for t in targets]
 
     ap, precision, recall, npos, labels = {}, {}, {}, {}, {}
@@ -286,11 +281,11 @@ def evaluate_coco(detections: Sequence[dict], targets: Sequence[dict],
                   for c in range(1, num_classes)]
     images, gt_anns, dt_anns = [], [], []
     for img_id, (det, tgt) in enumerate(zip(detections, targets), start=1):
-        t_boxes = _to_cpu(tgt["boxes"]).float().reshape(-1, 4)
-        t_labels = _to_cpu(tgt["labels"]).long()
+        t_boxes = to_cpu(tgt["boxes"]).float().reshape(-1, 4)
+        t_labels = to_cpu(tgt["labels"]).long()
         t_diff = _difficult_mask(tgt)
         # The image size only matters for segmentation; use the extent of all boxes.
-        d_boxes = _to_cpu(det["boxes"]).float().reshape(-1, 4)
+        d_boxes = to_cpu(det["boxes"]).float().reshape(-1, 4)
         extent = torch.cat([t_boxes, d_boxes]).amax(0) if len(t_boxes) + len(d_boxes) else None
         width = int(math.ceil(extent[2])) + 1 if extent is not None else 1
         height = int(math.ceil(extent[3])) + 1 if extent is not None else 1
@@ -301,8 +296,8 @@ def evaluate_coco(detections: Sequence[dict], targets: Sequence[dict],
             gt_anns.append({"id": len(gt_anns) + 1, "image_id": img_id, "category_id": label,
                             "bbox": [box[0], box[1], w, h], "area": w * h,
                             "iscrowd": int(diff)})
-        for box, label, score in zip(d_boxes.tolist(), _to_cpu(det["labels"]).tolist(),
-                                     _to_cpu(det["scores"]).float().tolist()):
+        for box, label, score in zip(d_boxes.tolist(), to_cpu(det["labels"]).tolist(),
+                                     to_cpu(det["scores"]).float().tolist()):
             if not 1 <= label < num_classes:      # background or unknown: not a detection
                 continue
             w, h = box[2] - box[0], box[3] - box[1]
@@ -348,10 +343,10 @@ def recall_vs_iou(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor], top_n
         else np.asarray(iou_thresholds, dtype=np.float64)
     best = []
     for i, (props, gts) in enumerate(zip(proposals, gt_boxes)):
-        gts = _to_cpu(gts).float().reshape(-1, 4)
+        gts = to_cpu(gts).float().reshape(-1, 4)
         if difficult is not None:
-            gts = gts[~_to_cpu(difficult[i]).bool().reshape(-1)]
-        props = _to_cpu(props).float().reshape(-1, 4)[:top_n]
+            gts = gts[~to_cpu(difficult[i]).bool().reshape(-1)]
+        props = to_cpu(props).float().reshape(-1, 4)[:top_n]
         if len(props) == 0:
             best.append(torch.zeros(len(gts)))           # nothing proposed: recall 0
         elif len(gts):
@@ -373,137 +368,3 @@ def average_recall(thresholds: np.ndarray, recall: np.ndarray) -> float:
         return float(r.mean()) if len(r) else float("nan")
     area = np.sum((r[1:] + r[:-1]) / 2.0 * np.diff(t))
     return float(area / (t[-1] - t[0]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Non-learned proposal baselines (stand-ins for the paper's Selective Search / EdgeBoxes)
-# ----------------------------------------------------------------------------------------------
-
-def _as_float_image(image: Tensor) -> Tensor:
-    """(3, H, W) uint8 or float -> float32 in [0, 1]."""
-    image = _to_cpu(image)
-    if image.dtype == torch.uint8:
-        return image.float() / 255.0
-    return image.float()
-
-
-def _integral(x: Tensor) -> Tensor:
-    """(C, H, W) -> (C, H + 1, W + 1) summed-area table with a zero first row/column,
-    so the sum over rows y1..y2-1, cols x1..x2-1 is S[y2,x2] - S[y1,x2] - S[y2,x1] + S[y1,x1]."""
-    s = x.double().cumsum(1).cumsum(2)
-    return torch.nn.functional.pad(s, (1, 0, 1, 0))
-
-
-def _box_sums(integral: Tensor, boxes: Tensor) -> Tensor:
-    """integral: (C, H+1, W+1); boxes: (N, 4) int64 x1,y1,x2,y2 in [0, W] x [0, H] -> (N, C)."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    s = integral
-    return (s[:, y2, x2] - s[:, y1, x2] - s[:, y2, x1] + s[:, y1, x1]).T
-
-
-def _dense_windows(height: int, width: int, scales: Sequence[int], ratios: Sequence[float],
-                   stride: int) -> Tensor:
-    """All windows of the given scales (sqrt of area) and ratios (h / w, as the paper's
-    anchors) lying fully inside the image, top-left corners on a stride grid. -> (N, 4) int64."""
-    windows = []
-    for s in scales:
-        for r in ratios:
-            w = int(round(s / math.sqrt(r)))
-            h = int(round(s * math.sqrt(r)))
-            if w > width or h > height or w < 1 or h < 1:
-                continue
-            xs = torch.arange(0, width - w + 1, stride)
-            ys = torch.arange(0, height - h + 1, stride)
-            y1, x1 = torch.meshgrid(ys, xs, indexing="ij")
-            x1, y1 = x1.reshape(-1), y1.reshape(-1)
-            windows.append(torch.stack([x1, y1, x1 + w, y1 + h], dim=1))
-    if not windows:  # image smaller than every window: propose the whole image
-        return torch.tensor([[0, 0, width, height]])
-    return torch.cat(windows)
-
-
-def sliding_window_proposals(image: Tensor, scales: Sequence[int] = (32, 64, 128, 192),
-                             ratios: Sequence[float] = (0.5, 1.0, 2.0), stride: int = 8,
-                             max_proposals: int = 2000, nms_threshold: float = 0.7,
-                             pre_nms_top_n: int | None = 12000,
-                             return_scores: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Dense multi-scale sliding windows ranked by a hand-made centre-surround "objectness".
-
-    A stand-in for Selective Search (the paper's baseline proposal method, Tables 1-2 and
-    Figure 4), whose OpenCV implementation needs opencv-contrib. Like the RPN's anchors it
-    enumerates windows of several scales and aspect ratios at every stride-th position, but
-    instead of a learned score each window is scored by how different it is from its
-    surroundings (the "colour contrast" cue of Alexe et al.'s objectness measure): the L2
-    distance between the mean feature inside the window and in a surrounding ring (25% of the
-    window size on each side, clipped to the image). Features are RGB plus the gradient
-    magnitude, so both colour blobs and textured regions stand out. Means come from integral
-    images, so all windows are scored at once. Windows are then de-duplicated with greedy NMS
-    (IoU 0.7, as for RPN proposals) and the best max_proposals are kept. As for the RPN, only
-    the pre_nms_top_n best windows enter NMS (its cost grows quadratically with their number).
-
-    image: (3, H, W) float in [0, 1] or uint8. Returns (P, 4) float32 boxes, P <= max_proposals,
-    inside the image, sorted by descending score (and their (P,) scores if return_scores).
-    """
-    img = _as_float_image(image)
-    _, height, width = img.shape
-    gray = img.mean(0)
-    # Central-difference gradients; the border stays zero.
-    gx = torch.zeros_like(gray)
-    gy = torch.zeros_like(gray)
-    gx[:, 1:-1] = (gray[:, 2:] - gray[:, :-2]) / 2
-    gy[1:-1, :] = (gray[2:, :] - gray[:-2, :]) / 2
-    features = torch.cat([img, torch.sqrt(gx ** 2 + gy ** 2)[None]])     # (4, H, W)
-    integral = _integral(features)
-
-    inner = _dense_windows(height, width, scales, ratios, stride)          # (N, 4) int64
-    w = inner[:, 2] - inner[:, 0]
-    h = inner[:, 3] - inner[:, 1]
-    mx, my = (w + 3) // 4, (h + 3) // 4                                    # ring ~25% per side
-    outer = torch.stack([(inner[:, 0] - mx).clamp(min=0), (inner[:, 1] - my).clamp(min=0),
-                         (inner[:, 2] + mx).clamp(max=width), (inner[:, 3] + my).clamp(max=height)], 1)
-    inner_area = (w * h).double()
-    ring_area = ((outer[:, 2] - outer[:, 0]) * (outer[:, 3] - outer[:, 1])).double() - inner_area
-    inner_sum = _box_sums(integral, inner)
-    ring_sum = _box_sums(integral, outer) - inner_sum
-    mean_in = inner_sum / inner_area[:, None]
-    mean_ring = ring_sum / ring_area.clamp(min=1)[:, None]
-    scores = (mean_in - mean_ring).norm(dim=1)
-    scores[ring_area <= 0] = 0.0                     # the whole image has no surround
-
-    scores = scores.float()
-    if pre_nms_top_n is not None and len(scores) > pre_nms_top_n:
-        top = scores.topk(pre_nms_top_n).indices
-        inner, scores = inner[top], scores[top]
-    boxes = inner.float()
-    keep = nms(boxes, scores, nms_threshold)[:max_proposals]              # sorted by score
-    return (boxes[keep], scores[keep]) if return_scores else boxes[keep]
-
-
-def selective_search_proposals(image: Tensor, mode: str = "fast",
-                               max_proposals: int | None = 2000) -> Tensor:
-    """Selective Search (Uijlings et al., 2013) via ``cv2.ximgproc.segmentation``.
-
-    image: (3, H, W) RGB float in [0, 1] or uint8. mode: "fast" or "quality" (the paper uses
-    the "fast" mode). Returns (P, 4) float32 x1,y1,x2,y2 in OpenCV's output order (its
-    hierarchical ranking). Requires opencv-contrib.
-    """
-    try:
-        import cv2
-        segmentation = cv2.ximgproc.segmentation
-    except (ImportError, AttributeError) as err:
-        raise ImportError("selective_search_proposals needs OpenCV's contrib modules "
-                          "(cv2.ximgproc): `pip install opencv-contrib-python-headless` "
-                          "(and uninstall plain opencv-python, which shadows it)") from err
-    img = _as_float_image(image)
-    rgb = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    ss = segmentation.createSelectiveSearchSegmentation()
-    ss.setBaseImage(np.ascontiguousarray(rgb[:, :, ::-1]))                # OpenCV wants BGR
-    if mode == "fast":
-        ss.switchToSelectiveSearchFast()
-    elif mode == "quality":
-        ss.switchToSelectiveSearchQuality()
-    else:
-        raise ValueError(f"mode must be 'fast' or 'quality', got {mode!r}")
-    rects = torch.as_tensor(np.asarray(ss.process()), dtype=torch.float32).reshape(-1, 4)
-    boxes = torch.cat([rects[:, :2], rects[:, :2] + rects[:, 2:]], dim=1)  # xywh -> xyxy
-    return boxes if max_proposals is None else boxes[:max_proposals]

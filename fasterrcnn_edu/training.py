@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn_edu.checkpoint import load_checkpoint, save_checkpoint
+from fasterrcnn_edu.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 from fasterrcnn_edu.transforms import hflip
@@ -312,31 +312,6 @@ def _progress(stage: Stage, first_step: int, enabled: bool):
 # ---------------------------------------------------------------------------------------------
 # Files: the trained model and the loss log
 # ---------------------------------------------------------------------------------------------
-def save_model(model: nn.Module, path: str | Path, cfg: Config, classes: list[str], info: dict | None = None) -> Path:
-    """Save weights + config + class names (no optimiser): what `load_model` needs to detect."""
-    kind = "unshared" if isinstance(model, UnsharedFasterRCNN) else "shared"
-    return save_checkpoint({"kind": kind, "model": model.state_dict(), "config": cfg.to_dict(),
-                            "classes": list(classes), "info": info or {}}, path)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
-    """Load a model saved by `save_model` (or the final state of a training checkpoint) in eval mode."""
-    state = load_checkpoint(path)
-    # The saved weights include the backbone: never reopen the (machine-specific) file it started from.
-    cfg = dataclasses.replace(Config.from_dict(state["config"]), backbone_weights=None)
-    if "model" in state:
-        kind, weights = state["kind"], state["model"]
-    else:   # a training checkpoint
-        kind = "unshared" if state["mode"] == "unshared" else "shared"
-        nets = state["networks"]
-        weights = (nets["shared"] if kind == "shared"
-                   else {**{f"rpn_net.{k}": v for k, v in nets["rpn"].items()},
-                         **{f"detector_net.{k}": v for k, v in nets["shared"].items()}})
-    model = FasterRCNN(cfg) if kind == "shared" else UnsharedFasterRCNN(FasterRCNN(cfg), FasterRCNN(cfg))
-    model.load_state_dict(weights)
-    return model.to(device).eval(), list(state["classes"])
-
-
 def write_log(log: list[dict], out_dir: Path) -> None:
     """log.jsonl, log.csv and a plot of the loss curves (losses.png)."""
     out_dir.mkdir(parents=True, exist_ok=True)

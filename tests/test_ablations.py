@@ -1,4 +1,4 @@
-"""Tests for fasterrcnn_edu.ablations on tiny inputs: which weights train per stage, the test-time
+"""Tests for fasterrcnn_edu.lab.ablations on tiny inputs: which weights train per stage, the test-time
 proposal variants (paper Table 2), the one-stage dense-window detector (Table 10), recall vs IoU
 and the anchor sweep (Table 8)."""
 import json
@@ -10,7 +10,7 @@ import torch
 matplotlib.use("Agg")
 
 from fasterrcnn_edu import Config, FasterRCNN, StageSchedule
-from fasterrcnn_edu.ablations import (ANCHOR_SETTINGS, ProposalVariant, anchor_experiment, anchor_variant,
+from fasterrcnn_edu.lab.ablations import (ANCHOR_SETTINGS, ProposalVariant, anchor_experiment, anchor_variant,
                                       detect_variants, finetune_steps_3_4,
                                       evaluate_variants, file_sha256, plot_training_stages, proposals_for_image, read_log,
                                       recall_experiment, same_weights, stage_table, variant_proposals)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fasterrcnn_edu.bench import format_table, run_benchmarks, torchvision_twin
+from fasterrcnn_edu.lab.bench import format_table, run_benchmarks, torchvision_twin
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.model import FasterRCNN
-from fasterrcnn_edu.pretrain import crop_boxes, pretrain_backbone
+from fasterrcnn_edu.lab.pretrain import crop_boxes, pretrain_backbone
 from fasterrcnn_edu.boxes import box_iou
 from two_squares import TwoSquares
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fasterrcnn_edu.evaluation import (average_recall, box_iou, evaluate_coco, evaluate_voc,
-                                       recall_vs_iou, selective_search_proposals,
-                                       sliding_window_proposals, voc_ap)
+from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.evaluation import (average_recall, evaluate_coco, evaluate_voc,
+                                       recall_vs_iou, voc_ap)
+from fasterrcnn_edu.lab.baselines import selective_search_proposals, sliding_window_proposals
 
 
 def _det(boxes, scores, labels):

@@ -1,4 +1,4 @@
-"""fasterrcnn_edu.experiments: RPN-only training, proposal recall and the λ sweep, on tiny inputs.
+"""fasterrcnn_edu.lab.experiments: RPN-only training, proposal recall and the λ sweep, on tiny inputs.
 
 These check behaviour (shapes, keys, determinism, that training moves the weights), not accuracy.
 """
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fasterrcnn_edu import Config, FasterRCNN
-from fasterrcnn_edu import experiments
+from fasterrcnn_edu.lab import experiments
 
 
 def _tiny_cfg(**overrides) -> Config:

@@ -1,4 +1,4 @@
-"""fasterrcnn_edu.profiling: the staged forward equals the model's forward; results have the
+"""fasterrcnn_edu.lab.profiling: the staged forward equals the model's forward; results have the
 documented keys and sensible counts. Timing values are only checked to be positive numbers."""
 import matplotlib
 
@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from fasterrcnn_edu import Config, FasterRCNN  # noqa: E402
-from fasterrcnn_edu import profiling  # noqa: E402
+from fasterrcnn_edu.lab import profiling  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from fasterrcnn_edu.bench import torchvision_twin
+from fasterrcnn_edu.lab.bench import torchvision_twin
 from fasterrcnn_edu.cli import main
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.data.synthetic import generate_dataset
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
-from fasterrcnn_edu.side_by_side import build_pair, format_table, run_side_by_side
+from fasterrcnn_edu.lab.side_by_side import build_pair, format_table, run_side_by_side
 from two_squares import TwoSquares
 
 

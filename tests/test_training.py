@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 
 from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fasterrcnn_edu.config import Config, StageSchedule
-from fasterrcnn_edu.training import (NonFiniteLossError, build_networks, build_stages, load_model, train)
+from fasterrcnn_edu.checkpoint import load_model
+from fasterrcnn_edu.training import NonFiniteLossError, build_networks, build_stages, train
 
 
 class TinyShapes:

@@ -19,7 +19,7 @@ Timing: `time.perf_counter`, warm-up runs first, the median over repeats, and
 runs exactly the model's eval forward, one stage at a time; a test checks that its detections
 equal `model(images)`. `time_vs_image_size` and `time_vs_num_proposals` give the scaling curves::
 
-    python -m fasterrcnn_edu.profiling --model data/reference_model.pt --out data/experiments/scaling_cpu.json
+    python -m fasterrcnn_edu profile --model data/reference_model.pt --out data/experiments/scaling_cpu.json
 """
 from __future__ import annotations
 
@@ -42,10 +42,11 @@ from torch import Tensor
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
+from fasterrcnn_edu.lab.records import command_line, environment
 
 __all__ = ["STAGES", "PAPER_GROUPS", "PAPER_TABLE5_MS", "staged_forward", "profile_stages", "with_settings",
            "time_vs_image_size", "time_vs_num_proposals", "measure_scaling", "group_stages",
-           "plot_stage_times", "plot_scaling", "environment", "main"]
+           "plot_stage_times", "plot_scaling"]
 
 STAGES = ("transform", "backbone", "rpn_head", "proposals", "roi_pool", "roi_head", "postprocess")
 
@@ -221,17 +222,6 @@ def time_vs_num_proposals(model: FasterRCNN, image: Tensor, counts: Sequence[int
     return rows
 
 
-def environment() -> dict:
-    """Where a measurement was taken: date, versions, CPU/GPU, threads, load average."""
-    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
-           "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-           "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    return env
-
-
 def measure_scaling(model: FasterRCNN, image: Tensor, sizes: Sequence[int] = (200, 300, 400, 500, 600, 700, 800),
                     counts: Sequence[int] = (100, 300, 500, 1000, 1500, 2000), proposals_min_size: int = 600,
                     repeats: int = 3, warmup: int = 1) -> dict:
@@ -325,10 +315,11 @@ def plot_scaling(rows: Sequence[Mapping], x: str, ax=None, stages: Sequence[str]
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fasterrcnn_edu.profiling",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="Per-stage timing and scaling of a trained detector (JSON).")
+def register(subparsers, formatter_class) -> None:
+    parser = subparsers.add_parser("profile", formatter_class=formatter_class,
+                                   help="per-stage timing and scaling of a trained detector (JSON)",
+                                   description="Chapter 9's measurements: time per stage, against image size "
+                                               "and against the number of proposals; writes a JSON file.")
     parser.add_argument("--model", type=Path, default=Path("data/reference_model.pt"))
     parser.add_argument("--data", type=Path, default=Path("data/shapes"))
     parser.add_argument("--split", default="test")
@@ -342,25 +333,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--out", type=Path, default=Path("data/experiments/scaling_cpu.json"))
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=profile_command)
+
+
+def profile_command(args: argparse.Namespace) -> int:
 
     from fasterrcnn_edu.data import VOCDataset
-    from fasterrcnn_edu.training import load_model
+    from fasterrcnn_edu.checkpoint import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     model, _ = load_model(args.model, args.device)
     image, _ = VOCDataset(args.data, args.split)[args.index]
     result = measure_scaling(model, image.to(args.device), args.sizes, args.counts, args.proposals_min_size,
                              args.repeats, args.warmup)
-    import sys
-    result["environment"]["command"] = "python -m fasterrcnn_edu.profiling " + " ".join(
-        argv if argv is not None else sys.argv[1:])
+    result["environment"]["command"] = command_line()
     result["environment"]["model"] = str(args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out} in {result['environment']['seconds']:.0f} s")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,7 @@ question of the book's small setting, with a cheaper yardstick than mAP: the rec
 top-N proposals at IoU 0.7 and their average recall (AR, Hosang et al.) on a validation subset,
 after a short RPN-only training (step 1 of the 4-step scheme) for each λ.
 
-    python -m fasterrcnn_edu.experiments lambda --data data/shapes --out data/experiments/lambda.json
+    python -m fasterrcnn_edu lambda-sweep --data data/shapes --out data/experiments/lambda.json
 
 Everything is seeded: weights (`torch.manual_seed`), data order and flips
 (`training.load_batch`), and the anchor mini-batches (a `torch.Generator` given to the model).
@@ -34,10 +34,11 @@ from fasterrcnn_edu.evaluation import average_recall, recall_vs_iou
 from fasterrcnn_edu.inference import predict_proposals
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.training import learning_rate, load_batch
+from fasterrcnn_edu.lab.records import command_line, environment
 
 __all__ = ["RPNRun", "train_rpn", "proposal_recall", "lambda_sweep", "loss_weights", "subset",
            "regression_loss_curves", "plot_regression_losses", "plot_lambda_sweep", "objectness_map",
-           "plot_objectness", "main"]
+           "plot_objectness"]
 
 
 @dataclass
@@ -337,22 +338,13 @@ def plot_lambda_sweep(result: dict, top_ns: Sequence[int] | None = None, ax=None
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: python -m fasterrcnn_edu.experiments lambda ...
+# Command line: python -m fasterrcnn_edu lambda-sweep ...
 # ---------------------------------------------------------------------------------------------
-def _environment() -> dict:
-    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fasterrcnn_edu.experiments",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="Precompute the book's experiments.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("lambda", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="RPN-only training for several λ (paper Table 9), recall of the proposals")
+def register(subparsers, formatter_class) -> None:
+    p = subparsers.add_parser("lambda-sweep", formatter_class=formatter_class,
+                              help="RPN-only training for several λ (paper Table 9), recall of the proposals",
+                              description="Chapter 3's experiment: train the RPN alone with several λ and "
+                                          "measure the recall of its proposals; writes a JSON file.")
     p.add_argument("--data", type=Path, default=Path("data/shapes"), help="VOC-layout folder")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
@@ -363,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-n", type=int, nargs="+", default=[50, 300], help="proposal counts to evaluate")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--out", type=Path, default=Path("data/experiments/lambda.json"))
-    args = parser.parse_args(argv)
+    p.set_defaults(func=lambda_sweep_command)
+
+
+def lambda_sweep_command(args: argparse.Namespace) -> int:
 
     from fasterrcnn_edu.data import VOCDataset
     if args.threads:
@@ -371,19 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     train_set = VOCDataset(args.data, args.train_split)
     val_set = subset(VOCDataset(args.data, args.val_split), args.val_images)
     cfg = Config.book(num_classes=len(train_set.classes) + 1)
-    env = _environment()
+    env = environment()
     start = time.perf_counter()
     result = lambda_sweep(train_set, val_set, args.lambdas, args.steps, args.seeds, args.top_n, cfg,
                           progress=True)
     env["seconds"] = round(time.perf_counter() - start, 1)
-    env["command"] = "python -m fasterrcnn_edu.experiments " + " ".join(argv if argv is not None else
-                                                                         __import__("sys").argv[1:])
+    env["command"] = command_line()
     result = {"environment": env, **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out} in {env['seconds']:.0f} s")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ Everything here drives the package's own pieces (`training`, `proposals`, `roi_h
   detector of Table 10: the Fast R-CNN head applied to *dense sliding windows* (every anchor,
   clipped to the image) instead of proposals. All variants reuse one backbone pass per batch.
 * `recall_experiment` (chapter 7): recall vs IoU of the top-N RPN proposals and of the
-  non-learned `evaluation.sliding_window_proposals` baseline (the paper's Figure 4).
+  non-learned `lab.baselines.sliding_window_proposals` baseline (the paper's Figure 4).
 * `anchor_variant`, `finetune_steps_3_4`, `anchor_experiment` (chapter 8): other anchor scales and
   ratios (the paper's Table 8) on a CPU budget — a new RPN head for each setting, trained with
   the Fast R-CNN head on the reference model's frozen conv layers (steps 3-4 of the 4-step
@@ -21,9 +21,9 @@ Everything here drives the package's own pieces (`training`, `proposals`, `roi_h
 
 Command line (writes the JSON files under data/experiments/ that chapters 7 and 8 read):
 
-    python -m fasterrcnn_edu.ablations recall     --model M --data D --out recall_iou.json
-    python -m fasterrcnn_edu.ablations test-time  --model M --data D --out test_time_ablations.json
-    python -m fasterrcnn_edu.ablations anchors    --model M --data D --out anchors.json
+    python -m fasterrcnn_edu ablation recall     --model M --data D --out recall_iou.json
+    python -m fasterrcnn_edu ablation test-time  --model M --data D --out test_time_ablations.json
+    python -m fasterrcnn_edu ablation anchors    --model M --data D --out anchors.json
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from fasterrcnn_edu.config import Config
-from fasterrcnn_edu.evaluation import (average_recall, evaluate_voc, recall_vs_iou,
-                                       sliding_window_proposals)
+from fasterrcnn_edu.evaluation import average_recall, evaluate_voc, recall_vs_iou
+from fasterrcnn_edu.lab.baselines import sliding_window_proposals
+from fasterrcnn_edu.lab.records import command_line, file_sha256, round_floats, write_json
 from fasterrcnn_edu.inference import predict_dataset, predict_proposals
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.proposals import generate_proposals
@@ -390,8 +391,7 @@ ANCHOR_SETTINGS = {
 def scaled_config(cfg: Config, iterations_scale: float) -> Config:
     """`cfg` with every stage's iterations and lr step multiplied by `iterations_scale`
     (what `python -m fasterrcnn_edu train --iterations-scale` does)."""
-    from fasterrcnn_edu.commands import _scaled
-    return _scaled(cfg, iterations_scale)
+    return cfg.scaled(iterations_scale)
 
 
 def anchor_variant(reference: FasterRCNN, **overrides) -> FasterRCNN:
@@ -495,54 +495,19 @@ def anchor_experiment(reference: FasterRCNN, train_set, test_set, classes: Seque
                                      if k.startswith("loss")} for stage in ("3-rpn-frozen", "4-detector-frozen")},
         }
         if out is not None:
-            _write_json(report, out)
+            write_json(report, out)
     return report
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def _write_json(data: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
-
-
-def _jsonable(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, hex: the JSON results record the model file they were computed with."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _round_floats(data, digits: int = 6):
-    """Round every float in nested dicts/lists (NaN becomes None) so the JSON files diff cleanly."""
-    if isinstance(data, float):
-        return None if math.isnan(data) else round(data, digits)
-    if isinstance(data, dict):
-        return {k: _round_floats(v, digits) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_round_floats(v, digits) for v in data]
-    return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fasterrcnn_edu.ablations", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="experiment", required=True)
+def register(subparsers, formatter_class) -> None:
+    parser = subparsers.add_parser("ablation", formatter_class=formatter_class,
+                                   help="the book's ablations of a trained detector (JSON)", description=__doc__)
+    sub = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name in ("recall", "test-time", "anchors"):
-        p = sub.add_parser(name)
+        p = sub.add_parser(name, formatter_class=formatter_class, help=f"the {name} ablation")
         p.add_argument("--data", type=Path, default=Path("data/shapes"), help="VOC-layout folder")
         p.add_argument("--split", default="test", help="evaluation split")
         p.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -554,14 +519,17 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--iterations-scale", type=float, default=1.0,
                            help="multiply the reference schedule's steps 3-4 iterations by this")
             p.add_argument("--only", nargs="*", default=None, help="names of ANCHOR_SETTINGS to run")
-    args = parser.parse_args(argv)
+        p.set_defaults(func=ablation_command)
+
+
+def ablation_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from torch.utils.data import Subset
 
     from fasterrcnn_edu.data import VOCDataset
-    from fasterrcnn_edu.training import load_model
+    from fasterrcnn_edu.checkpoint import load_model
 
     t0 = time.perf_counter()
     model, classes = load_model(args.model)
@@ -578,12 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {"results": evaluate_variants(model, data, classes, progress=True)}
     report.update({"model": str(args.model), "model_sha256": file_sha256(args.model)})
     report.update({"data": str(args.data), "split": args.split, "images": len(data),
-                   "command": "python -m fasterrcnn_edu.ablations " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "command": command_line(),
                    "seconds": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads()})
-    _write_json(_round_floats(report), args.out)
+    write_json(round_floats(report), args.out)
     print(f"wrote {args.out} in {report['seconds']:.0f} s")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,8 +9,7 @@ crops are cut with RoIAlign, all at once. The detector training then starts from
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import argparse
 import time
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from torch import nn
 
 from fasterrcnn_edu.backbones import Backbone, build_backbone
 from fasterrcnn_edu.boxes import box_iou
-from fasterrcnn_edu.config import Config
+from fasterrcnn_edu.checkpoint import atomic_write
+from fasterrcnn_edu.commands import DEFAULT_DATA
+from fasterrcnn_edu.config import PRESETS, Config, get_config
 from fasterrcnn_edu.training import batch_indices
 from fasterrcnn_edu.transforms import hflip, normalize
 
@@ -118,10 +119,37 @@ def pretrain_backbone(dataset, cfg: Config, steps: int = 1500, images_per_step: 
 
 def save_backbone(backbone: Backbone, path: str | Path) -> Path:
     """Write the backbone's state dict as {"state_dict": ...} (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        torch.save({"state_dict": backbone.state_dict()}, f)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save({"state_dict": backbone.state_dict()}, f))
+
+
+def register(subparsers, formatter_class) -> None:
+    p = subparsers.add_parser("pretrain", formatter_class=formatter_class,
+                              help="pre-train the backbone on object crops (the book's ImageNet stand-in)",
+                              description="Step 0 (the paper starts from ImageNet): train the backbone to "
+                                          "classify crops of the training objects and background; writes a "
+                                          "weights file for `train --backbone-weights`.")
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="VOC-layout folder")
+    p.add_argument("--split", default="trainval", help="split whose objects are cropped")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="book", help="configuration preset (its backbone)")
+    p.add_argument("--steps", type=int, default=1500, help="SGD steps (8 images' crops each)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", type=Path, default=Path("runs/backbone.pt"), help="weights file to write")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda'")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.set_defaults(func=pretrain_command)
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from fasterrcnn_edu.commands import open_dataset, pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = open_dataset(args.data, args.split)
+    if dataset is None:
+        return 1
+    cfg = get_config(args.preset, num_classes=len(dataset.classes) + 1)
+    _, log = pretrain_backbone(dataset, cfg, args.steps, out_path=args.out, device=pick_device(args.device),
+                               seed=args.seed)
+    print(f"crop accuracy {log[-1]['accuracy']:.3f} after {args.steps} steps ({log[-1]['seconds']:.0f} s); "
+          f"wrote {args.out}")
+    return 0

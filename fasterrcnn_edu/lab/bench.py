@@ -39,10 +39,11 @@ from fasterrcnn_edu.config import Config, get_config
 from fasterrcnn_edu.labeling import label_anchors, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.nms import nms, nms_readable
-from fasterrcnn_edu.profiling import synchronize
+from fasterrcnn_edu.lab.profiling import synchronize
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.roi_heads import pool_rois, roi_pool_readable, rois_with_batch_index
 from fasterrcnn_edu.transforms import ImageBatch
+from fasterrcnn_edu.lab.records import environment
 
 
 def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
@@ -280,16 +281,6 @@ def bench_detectors(device, repeats: int, preset: str, image_size: tuple[int, in
 def _row(name: str, ours: float, theirs: float, kind: str = "component", note: str = "") -> dict:
     return {"name": name, "kind": kind, "ours_ms": round(ours * 1000, 3), "torchvision_ms": round(theirs * 1000, 3),
             "ratio": round(ours / theirs, 3), "note": note}
-
-
-def environment(device: torch.device) -> dict:
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def run_benchmarks(device: str = "cpu", repeats: int = 5, presets=("book", "paper"), tiny: bool = False) -> dict:

@@ -29,11 +29,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn_edu.bench import environment, torchvision_twin
+from fasterrcnn_edu.lab.bench import torchvision_twin
+from fasterrcnn_edu.lab.records import environment
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import evaluate_voc
 from fasterrcnn_edu.model import FasterRCNN
-from fasterrcnn_edu.profiling import synchronize
+from fasterrcnn_edu.lab.profiling import synchronize
 from fasterrcnn_edu.training import flush_log, build_stages, learning_rate, load_batch
 
 NAMES = ("ours", "torchvision")

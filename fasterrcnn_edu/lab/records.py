@@ -1,0 +1,78 @@
+"""Result files of the lab: where a measurement was taken, by which command, written atomically.
+
+Every JSON result the book shows records the command that wrote it (`command_line`), the machine
+and versions (`environment`) and the SHA-256 of the files it read (`file_sha256`), so a number in
+a chapter can be traced to the run that produced it.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+
+from fasterrcnn_edu.checkpoint import atomic_write
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The `python -m fasterrcnn_edu ...` command of this process (or of `argv`), for the record."""
+    return " ".join(["python -m fasterrcnn_edu", *(sys.argv[1:] if argv is None else argv)])
+
+
+def environment(device: torch.device | str = "cpu") -> dict:
+    """Where a measurement was taken: date, versions, CPU/GPU, threads, load average."""
+    device = torch.device(device)
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, hex: results record the model and data files they were computed from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def round_floats(data, digits: int = 6):
+    """Round every float in nested dicts/lists (NaN becomes None) so the JSON files diff cleanly."""
+    if isinstance(data, float):
+        return None if math.isnan(data) else round(data, digits)
+    if isinstance(data, dict):
+        return {k: round_floats(v, digits) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [round_floats(v, digits) for v in data]
+    return data
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def write_json(data: dict, path: str | Path, indent: int = 1) -> Path:
+    """Write `data` as JSON atomically (a crash never leaves half a file)."""
+    text = json.dumps(data, indent=indent, default=_jsonable) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
