@@ -36,21 +36,19 @@ def predict_dataset(model: nn.Module, dataset, device="cpu", batch_size: int = 4
 @torch.no_grad()
 def predict_proposals(model: nn.Module, dataset, top_n: int = 2000, device="cpu", batch_size: int = 4
                       ) -> list[Tensor]:
-    """The RPN's top-`top_n` proposals per image, sorted by objectness, in original image pixels."""
+    """The RPN's top-`top_n` proposals per image, sorted by objectness, in original image pixels.
+
+    The pre-NMS cap is raised with `top_n` (to max(rpn_pre_nms_top_n_test, top_n)), so asking for
+    2000 proposals is not silently limited by a smaller pre-NMS count; NMS may still leave fewer.
+    The model's configuration is not changed.
+    """
     rpn_net = getattr(model, "rpn_net", model)          # an UnsharedFasterRCNN proposes with its RPN network
     rpn_net.eval()
-    saved = rpn_net.cfg.rpn_post_nms_top_n_test
-    rpn_net.cfg.rpn_post_nms_top_n_test = top_n
-    try:
-        proposals = []
-        for batch in _batches(dataset, batch_size):
-            images = [image.to(device) for image, _ in batch]
-            prepared, _ = rpn_net.transform(images)
-            boxes = rpn_net.propose(prepared, rpn_net.backbone(prepared.tensors))
-            as_detections = [{"boxes": b} for b in boxes]
-            proposals += [d["boxes"].cpu() for d in rpn_net.transform.postprocess(as_detections, prepared)]
-    finally:
-        rpn_net.cfg.rpn_post_nms_top_n_test = saved
+    pre = max(rpn_net.cfg.rpn_pre_nms_top_n_test, top_n)
+    proposals = []
+    for batch in _batches(dataset, batch_size):
+        images = [image.to(device) for image, _ in batch]
+        proposals += [b.cpu() for b in rpn_net.proposals_for_images(images, pre, top_n)]
     return proposals
 
 

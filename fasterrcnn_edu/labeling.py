@@ -46,6 +46,21 @@ def pad_ground_truth(boxes: list[Tensor], device=None) -> tuple[Tensor, Tensor]:
     return padded, valid
 
 
+def pad_flags(flags: list[Tensor | None], valid: Tensor) -> Tensor | None:
+    """Per-image boolean flags of the ground truth (e.g. "ignore"), padded like `pad_ground_truth`.
+
+    flags: B tensors (G_b,) bool, or None for an image without flags; valid: (B, G) from
+    `pad_ground_truth` -> (B, G) bool (False on padding), or None if no image has flags.
+    """
+    if all(f is None for f in flags):
+        return None
+    padded = torch.zeros_like(valid)
+    for i, f in enumerate(flags):          # a loop over images, not boxes
+        if f is not None:
+            padded[i, : f.shape[0]] = f.to(padded.device).bool()
+    return padded
+
+
 def inside_image(anchors: Tensor, image_sizes: Tensor) -> Tensor:
     """anchors: (A, 4), image_sizes: (B, 2) as (height, width) -> (B, A) True where fully inside."""
     height, width = image_sizes[:, 0:1].to(anchors.dtype), image_sizes[:, 1:2].to(anchors.dtype)
@@ -54,11 +69,14 @@ def inside_image(anchors: Tensor, image_sizes: Tensor) -> Tensor:
 
 
 def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_sizes: Tensor | None = None,
-                  fg_iou: float = 0.7, bg_iou: float = 0.3) -> AnchorLabels:
+                  fg_iou: float = 0.7, bg_iou: float = 0.3, gt_ignore: Tensor | None = None) -> AnchorLabels:
     """Label every anchor of every image positive, negative or ignored (paper §3.1.2).
 
     anchors: (A, 4); gt_boxes: (B, G, 4) padded; gt_valid: (B, G) bool;
     image_sizes: (B, 2) (height, width) — if given, anchors crossing the boundary are ignored (§3.3).
+    gt_ignore: (B, G) bool, ignore regions (difficult / crowd objects, `Config.difficult="ignore"`,
+    ours): they make no anchor positive, and an anchor whose IoU with one reaches `bg_iou` is
+    ignored rather than negative.
     """
     batch = gt_boxes.shape[0]
     # Padding becomes the degenerate box (0, 0, 0, 0), whose IoU with any anchor is 0: cheaper
@@ -72,8 +90,15 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
         # place: the IoU matrix is the biggest tensor here).
         iou.masked_fill_(~inside[:, None, :], -1.0)
 
+    near_ignored = None
+    if gt_ignore is not None:
+        # Take the ignore regions out of the matching: their rows become "no overlap" (-1).
+        near_ignored = iou.masked_fill(~gt_ignore[:, :, None], -1.0).amax(dim=1) >= bg_iou   # (B, A)
+        iou.masked_fill_(gt_ignore[:, :, None], -1.0)
     max_iou, matched_gt = iou.max(dim=1)                                    # (B, A) best ground truth per anchor
     negative = max_iou < bg_iou
+    if near_ignored is not None:
+        negative &= ~near_ignored
     if inside is not None:
         negative &= inside
     # Rule (i): the best anchor(s) of each ground truth are positive even if their IoU is low,

@@ -7,7 +7,8 @@ The interface is torchvision's (`torchvision.models.detection.FasterRCNN`), so o
 other: images are a list of (3, H, W) float tensors in [0, 1] of any size; in training,
 `model(images, targets)` returns a dict of the four losses; in eval, `model(images)` returns one dict
 per image with `boxes` (x1, y1, x2, y2 in the input image's pixels), `labels` and `scores`.
-`rpn_losses` and `detector_losses` expose the two halves separately for the 4-step training.
+`rpn_losses` and `detector_losses` expose the two halves separately for the 4-step training
+(`fasterrcnn_edu.training.StageLoss` wraps them for DistributedDataParallel).
 """
 from __future__ import annotations
 
@@ -47,10 +48,21 @@ class FasterRCNN(nn.Module):
         return self.backbone(tensors)
 
     # -- the two halves ------------------------------------------------------------------------
-    def propose(self, batch: ImageBatch, features: Tensor) -> list[Tensor]:
-        """RPN proposals (B tensors (P_b, 4), resized-image pixels) with the current mode's top-N."""
-        proposals, _ = self.rpn(features, batch)
+    def propose(self, batch: ImageBatch, features: Tensor, pre_nms_top_n: int | None = None,
+                post_nms_top_n: int | None = None) -> list[Tensor]:
+        """RPN proposals (B tensors (P_b, 4), resized-image pixels). The top-N default to the
+        config's values for the current mode (train/test); pass them to use others."""
+        proposals, _ = self.rpn(features, batch, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n)
         return proposals
+
+    @torch.no_grad()
+    def proposals_for_images(self, images: list[Tensor], pre_nms_top_n: int | None = None,
+                             post_nms_top_n: int | None = None) -> list[Tensor]:
+        """The RPN's proposals for `images` ((3, H, W) in [0, 1]), sorted by objectness, in each
+        input image's own pixels: B tensors (P_b, 4)."""
+        batch, _ = self.transform(images)
+        boxes = self.propose(batch, self.features(batch.tensors), pre_nms_top_n, post_nms_top_n)
+        return [d["boxes"] for d in self.transform.postprocess([{"boxes": b} for b in boxes], batch)]
 
     def rpn_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Train the RPN alone (4-step training, steps 1 and 3): its two loss terms."""
@@ -63,30 +75,26 @@ class FasterRCNN(nn.Module):
                         proposer: "FasterRCNN | None" = None) -> dict[str, Tensor]:
         """Train the Fast R-CNN half on fixed proposals (steps 2 and 4): its two loss terms.
 
-        Proposals come from `proposer`'s RPN (the step-1 or step-3 network, with its own backbone)
-        or, if None, from this model's own RPN — in both cases without gradient.
+        Proposals are the targets' stored "proposals" ((P, 4) in input-image pixels, as the
+        released code's precomputed proposals) if present; otherwise they come from `proposer`'s
+        RPN (another network with its own backbone) or from this model's own RPN, without gradient.
         """
         batch, targets = self.transform(images, targets)
         features = self.features(batch.tensors)
-        source = proposer if proposer is not None else self
-        with torch.no_grad():
-            source_features = features if source is self else source.features(batch.tensors)
-            proposals = source.propose(batch, source_features)
+        if all("proposals" in t for t in targets):
+            proposals = scale_to_batch([t["proposals"] for t in targets], batch)
+        else:
+            source = proposer if proposer is not None else self
+            with torch.no_grad():
+                source_features = features if source is self else source.features(batch.tensors)
+                proposals = source.propose(batch, source_features)
         _, losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         return losses
 
     # -- torchvision's interface -----------------------------------------------------------------
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None, part: str = "both",
-                proposer: "FasterRCNN | None" = None):
-        """Training: dict of losses (RPN and detector summed = approximate joint training). Eval: detections.
-
-        `part="rpn"` / `part="detector"` (training only) compute one half's losses, as `rpn_losses` /
-        `detector_losses` do; going through forward() lets DistributedDataParallel see every call.
-        """
-        if part == "rpn":
-            return self.rpn_losses(images, targets)
-        if part == "detector":
-            return self.detector_losses(images, targets, proposer)
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        """Training: dict of the four losses (RPN and detector summed = approximate joint training).
+        Eval: one dict of detections per image."""
         if self.training and targets is None:
             raise ValueError("in training mode the model needs targets (list of dicts with 'boxes' and 'labels')")
         batch, targets = self.transform(images, targets)
@@ -97,6 +105,14 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **det_losses}
         return self.transform.postprocess(detections, batch)
+
+
+def scale_to_batch(boxes: list[Tensor], batch: ImageBatch) -> list[Tensor]:
+    """Boxes given in each input image's pixels (B tensors (P_b, 4)) -> the resized images' pixels."""
+    sizes = batch.image_sizes.to(torch.float32)                                   # (B, 2) resized (h, w)
+    original = torch.tensor(batch.original_sizes, dtype=torch.float32, device=sizes.device)
+    factors = (sizes / original).flip(1).repeat(1, 2)                             # (B, 4) sx, sy, sx, sy
+    return [b.to(factors.device, torch.float32) * f for b, f in zip(boxes, factors)]
 
 
 class UnsharedFasterRCNN(nn.Module):

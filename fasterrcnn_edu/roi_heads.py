@@ -14,7 +14,7 @@ import torchvision
 from torch import Tensor, nn
 
 from fasterrcnn_edu.boxes import box_iou, clip_boxes, decode, encode, small_box_mask
-from fasterrcnn_edu.labeling import gather_matched, pad_ground_truth, sample_balanced
+from fasterrcnn_edu.labeling import gather_matched, pad_flags, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.losses import fast_rcnn_losses
 from fasterrcnn_edu.nms import batched_nms
 
@@ -102,16 +102,20 @@ def rois_with_batch_index(boxes: list[Tensor]) -> Tensor:
 def sample_rois(proposals: list[Tensor], gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor,
                 batch_size: int = 128, positive_fraction: float = 0.25, fg_iou: float = 0.5,
                 bg_iou_low: float = 0.1, bg_iou_high: float = 0.5, box_std=(0.1, 0.1, 0.2, 0.2),
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                generator: torch.Generator | None = None, gt_ignore: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """Pick the RoIs of one training mini-batch per image.
 
     proposals: B tensors (P_b, 4); gt_boxes: (B, G, 4) padded; gt_labels: (B, G) int64; gt_valid: (B, G).
     Returns rois (B, S, 4), labels (B, S) int64 (class, 0 = background, -1 = unused slot) and
     target_deltas (B, S, 4) for the true class, with S = min(batch_size, candidates): fixed shapes.
     An image without ground truth gets background RoIs at any IoU (there is nothing to overlap).
+    gt_ignore: (B, G) bool ignore regions (ours, `Config.difficult="ignore"`): never foreground nor
+    added as candidates, and an RoI whose IoU with one reaches `bg_iou_high` is not background.
     """
     batch = len(proposals)
-    candidates = [torch.cat([p, g[v]]) for p, g, v in zip(proposals, gt_boxes, gt_valid)]
+    real = gt_valid if gt_ignore is None else gt_valid & ~gt_ignore             # (B, G) objects to learn
+    candidates = [torch.cat([p, g[v]]) for p, g, v in zip(proposals, gt_boxes, real)]
     length = max(c.shape[0] for c in candidates)
     boxes = gt_boxes.new_zeros(batch, length, 4)
     valid = torch.zeros(batch, length, dtype=torch.bool, device=gt_boxes.device)
@@ -119,11 +123,17 @@ def sample_rois(proposals: list[Tensor], gt_boxes: Tensor, gt_labels: Tensor, gt
         boxes[i, : len(c)] = c
         valid[i, : len(c)] = True
 
-    iou = box_iou(boxes, gt_boxes).masked_fill(~gt_valid[:, None, :], -1.0)   # (B, N, G)
+    iou = box_iou(boxes, gt_boxes)                                            # (B, N, G)
+    near_ignored = None
+    if gt_ignore is not None:
+        near_ignored = iou.masked_fill(~gt_ignore[:, None, :], -1.0).amax(dim=2) >= bg_iou_high
+    iou = iou.masked_fill(~real[:, None, :], -1.0)
     max_iou, matched = iou.max(dim=2)
-    has_gt = gt_valid.any(dim=1, keepdim=True)
+    has_gt = real.any(dim=1, keepdim=True)
     foreground = valid & (max_iou >= fg_iou)
     background = valid & (max_iou < bg_iou_high) & ((max_iou >= bg_iou_low) | ~has_gt)
+    if near_ignored is not None:
+        background &= ~near_ignored
     sampled_fg, sampled_bg = sample_balanced(foreground, background, batch_size, positive_fraction, generator)
 
     # Gather the sampled candidates into S fixed slots per image (stable: in candidate order).
@@ -152,15 +162,20 @@ class FastRCNNPredictor(nn.Module):
         self.num_classes = num_classes                      # K + 1, background included
         self.cls_score = nn.Linear(in_features, num_classes)
         self.bbox_pred = nn.Linear(in_features, 4 * (num_classes - 1))
-        # Fast R-CNN initialises these with zero-mean Gaussians of std 0.01 and 0.001.
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Fresh weights, as Fast R-CNN initialises them: zero-mean Gaussians of std 0.01 (scores)
+        and 0.001 (deltas), zero biases."""
+        nn.init.normal_(self.cls_score.weight, std=0.01, generator=generator)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001, generator=generator)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: (R, in_features) -> class logits (R, K+1), deltas (R, K, 4)."""
-        return self.cls_score(x), self.bbox_pred(x).reshape(x.shape[0], -1, 4)
+        # K explicitly, not -1: with zero RoIs (an image without proposals) -1 would be ambiguous.
+        return self.cls_score(x), self.bbox_pred(x).reshape(x.shape[0], self.num_classes - 1, 4)
 
 
 class RoIHeads(nn.Module):
@@ -193,10 +208,11 @@ class RoIHeads(nn.Module):
         gt_boxes, gt_valid = pad_ground_truth([t["boxes"] for t in targets], features.device)
         gt_labels = torch.zeros(gt_valid.shape, dtype=torch.int64, device=features.device)
         gt_labels[gt_valid] = torch.cat([t["labels"] for t in targets]).to(features.device)
+        gt_ignore = pad_flags([t.get("ignore") for t in targets], gt_valid)
         rois, labels, target_deltas = sample_rois(
             [p.detach() for p in proposals], gt_boxes, gt_labels, gt_valid, cfg.roi_batch_size,
             cfg.roi_positive_fraction, cfg.roi_fg_iou, cfg.roi_bg_iou_low, cfg.roi_bg_iou_high,
-            cfg.box_coder_std, self.generator)
+            cfg.box_coder_std, self.generator, gt_ignore)
         logits, deltas = self.classify(features, list(rois))
         return fast_rcnn_losses(logits, deltas, labels.flatten(), target_deltas.flatten(0, 1),
                                 cfg.det_lambda, cfg.det_smooth_l1_beta)

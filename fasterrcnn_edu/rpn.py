@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from fasterrcnn_edu.anchors import AnchorGenerator
 from fasterrcnn_edu.boxes import encode
-from fasterrcnn_edu.labeling import gather_matched, label_anchors, pad_ground_truth, sample_balanced, POSITIVE, NEGATIVE
+from fasterrcnn_edu.labeling import (NEGATIVE, POSITIVE, gather_matched, label_anchors, pad_flags, pad_ground_truth,
+                                     sample_balanced)
 from fasterrcnn_edu.losses import rpn_losses
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.transforms import ImageBatch
@@ -29,8 +30,12 @@ class RPNHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
         self.cls = nn.Conv2d(mid_channels, num_anchors * self.scores_per_anchor, 1)
         self.reg = nn.Conv2d(mid_channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.cls, self.reg):   # paper §3.1.3: Gaussian, std 0.01
-            nn.init.normal_(layer.weight, std=0.01)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Fresh weights, paper §3.1.3: zero-mean Gaussian, std 0.01; zero biases."""
+        for layer in (self.conv, self.cls, self.reg):
+            nn.init.normal_(layer.weight, std=0.01, generator=generator)
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,8 +63,13 @@ class RegionProposalNetwork(nn.Module):
         self.generator: torch.Generator | None = None   # seedable mini-batch sampling
 
     def forward(self, features: Tensor, batch: ImageBatch, targets: list[dict] | None = None,
-                propose: bool = True) -> tuple[list[Tensor] | None, dict[str, Tensor]]:
-        """Returns proposals (B tensors (P_b, 4), or None if `propose=False`) and the losses if targets are given."""
+                propose: bool = True, pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None
+                ) -> tuple[list[Tensor] | None, dict[str, Tensor]]:
+        """Returns proposals (B tensors (P_b, 4), or None if `propose=False`) and the losses if targets are given.
+
+        pre_nms_top_n / post_nms_top_n: proposal counts; None means the config's for the current
+        mode (12000/2000 train, 6000/300 test in the paper preset).
+        """
         objectness, deltas = self.head(features)
         anchors = self.anchor_generator(features.shape[-2:], features.device)
         proposals = None
@@ -67,6 +77,8 @@ class RegionProposalNetwork(nn.Module):
             cfg = self.cfg
             pre, post = ((cfg.rpn_pre_nms_top_n_train, cfg.rpn_post_nms_top_n_train) if self.training
                          else (cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test))
+            pre = pre if pre_nms_top_n is None else pre_nms_top_n
+            post = post if post_nms_top_n is None else post_nms_top_n
             proposals, _ = generate_proposals(anchors, objectness.detach(), deltas.detach(), batch.image_sizes,
                                               pre, post, cfg.rpn_nms_thresh, cfg.rpn_min_size * batch.scales)
         losses = {}
@@ -78,8 +90,9 @@ class RegionProposalNetwork(nn.Module):
                targets: list[dict], num_locations: int) -> dict[str, Tensor]:
         cfg = self.cfg
         gt_boxes, gt_valid = pad_ground_truth([t["boxes"] for t in targets], anchors.device)
+        gt_ignore = pad_flags([t.get("ignore") for t in targets], gt_valid)
         sizes = batch.image_sizes if cfg.rpn_ignore_cross_boundary else None
-        labels = label_anchors(anchors, gt_boxes, gt_valid, sizes, cfg.rpn_fg_iou, cfg.rpn_bg_iou)
+        labels = label_anchors(anchors, gt_boxes, gt_valid, sizes, cfg.rpn_fg_iou, cfg.rpn_bg_iou, gt_ignore)
         sampled_pos, sampled_neg = sample_balanced(labels.labels == POSITIVE, labels.labels == NEGATIVE,
                                                    cfg.rpn_batch_size, cfg.rpn_positive_fraction, self.generator)
         target_deltas = encode(anchors[None], gather_matched(gt_boxes, labels.matched_gt))

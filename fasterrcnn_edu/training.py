@@ -1,36 +1,45 @@
 """Training: the paper's 4-step alternating scheme (§3.2), approximate joint training, and unshared.
 
-4-step alternating training, as the paper sequences it:
-  1. train an RPN, initialised from the starting backbone;
-  2. train a separate Fast R-CNN detector — its own copy of the starting backbone — on the
-     proposals of the step-1 RPN;
-  3. initialise the RPN from the detector's backbone, freeze the shared conv layers, fine-tune
-     only the RPN's own layers;
-  4. keep the shared layers frozen and fine-tune the detector's own layers on step-3 proposals.
+4-step alternating training (paper §3.2; initialisation as in the released alt-opt code):
+  1. `step1_rpn`: train an RPN, initialised from the starting backbone;
+  2. `step2_detector`: train a separate Fast R-CNN detector, its own copy of the starting
+     backbone, on the proposals of the step-1 RPN;
+  3. `step3_rpn_frozen`: "use the detector network to initialize RPN training", fix the shared
+     conv layers and fine-tune only the RPN's own layers. The detector has no trained RPN layers:
+     the released code trains a freshly initialised RPN head here;
+  4. `step4_detector_frozen`: keep the shared conv layers fixed and fine-tune the detector's own
+     layers on the step-3 proposals; the released code re-initialises `cls_score`/`bbox_pred`
+     (fc6/fc7 continue from step 2).
 
-The result is one network whose RPN and detector share the conv layers.
+The result is one network whose RPN and detector share the conv layers. Where the paper is
+silent we follow py-faster-rcnn, and every deviation is a named `Config` option (ours):
+`alt_reinit_heads=False` warm-starts steps 3-4 from the step-1 RPN head and the step-2
+predictor; `alt_precomputed_proposals=False` proposes on the fly in train mode instead of using
+proposals computed once in test mode and stored (mirrored for flipped images), as the released
+code does. `Config.difficult` says what happens to VOC difficult / COCO crowd objects.
+
 `joint` sums the four losses in one network (proposal coordinates are constants: "approximate"),
 `unshared` stops after step 2 and keeps two backbones.
 
-Everything needed to continue a run exactly — weights, optimiser, stage and step, sampling RNG
-— is checkpointed; the data order and flips are pure functions of (seed, stage, step).
+Every trainer of the package and of the book's lab goes through one loop, `run_stage`: it owns
+the learning-rate schedule and warm-up, the bias learning-rate multiplier, mixed precision and
+gradient scaling, logging, checkpoints and the non-finite-loss stop. Everything needed to
+continue a run exactly (weights, optimiser, stage and step, sampling RNG) is checkpointed; the
+data order and flips are pure functions of (seed, stage, step).
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import csv
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn_edu.checkpoint import load_checkpoint, save_checkpoint, save_model
+from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_model
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 from fasterrcnn_edu.transforms import hflip
@@ -44,76 +53,35 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the stage, step and loss term."""
 
 
-@dataclass
-class Stage:
-    """One stage of a training mode: which network, which loss, which parameters move."""
+# ---------------------------------------------------------------------------------------------
+# What one image contributes to training
+# ---------------------------------------------------------------------------------------------
+def training_target(target: dict, difficult: str = "drop") -> dict:
+    """The boxes (G, 4) and labels (G,) one image trains on, its difficult/crowd objects handled per `difficult`.
 
-    name: str
-    network: str                      # key into the networks dict
-    loss: Callable[[dict, dict, list, list], dict]   # (callables, raw networks, images, targets) -> losses
-    trainable: Callable[[dict], list]
-    schedule: StageSchedule
-    prepare: Callable[[dict], None] = lambda nets: None   # e.g. copy weights in before the stage
+    "drop" (released code, use_diff=False): difficult objects are removed; "ignore" (ours): they
+    stay as boxes flagged in `ignore` (G,) bool, which anchor labelling and RoI sampling treat as
+    ignore regions (never foreground, and no background taken from them); "train": ordinary objects.
+    """
+    boxes, labels = target["boxes"], target["labels"]
+    hard = target.get("difficult")
+    if hard is None or difficult == "train":
+        return {"boxes": boxes, "labels": labels}
+    hard = hard.bool().reshape(-1)
+    if difficult == "drop":
+        return {"boxes": boxes[~hard], "labels": labels[~hard]}
+    if difficult == "ignore":
+        return {"boxes": boxes, "labels": labels, "ignore": hard}
+    raise ValueError(f"unknown difficult handling {difficult!r}; choose 'drop', 'ignore' or 'train'")
+
+
+def mirror_boxes(boxes: Tensor, width: int) -> Tensor:
+    """Boxes (N, 4) of an image `width` pixels wide, as they are in its horizontal mirror image."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
-# The three modes as lists of stages
-# ---------------------------------------------------------------------------------------------
-def _params(*modules: nn.Module) -> list[nn.Parameter]:
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
-
-
-def _freeze(module: nn.Module) -> None:
-    module.requires_grad_(False)
-
-
-def _start_step3(nets: dict) -> None:
-    """Step 3: the RPN continues from step 1's RPN layers, on top of the detector's (now shared) conv layers."""
-    nets["shared"].rpn.load_state_dict(nets["rpn"].rpn.state_dict())
-    _freeze(nets["shared"].backbone)
-
-
-def build_stages(mode: str, cfg: Config) -> list[Stage]:
-    if mode == "joint":
-        return [Stage("joint", "shared", lambda c, n, im, t: c["shared"](im, t),
-                      lambda n: _params(n["shared"]), cfg.joint)]
-    step1 = Stage("1-rpn", "rpn", lambda c, n, im, t: c["rpn"](im, t, part="rpn"),
-                  lambda n: _params(n["rpn"].backbone, n["rpn"].rpn), cfg.stage_rpn1)
-    step2 = Stage("2-detector", "shared", lambda c, n, im, t: c["shared"](im, t, part="detector", proposer=n["rpn"]),
-                  lambda n: _params(n["shared"].backbone, n["shared"].roi_heads), cfg.stage_det1)
-    if mode == "unshared":
-        return [step1, step2]
-    if mode != "alternating":
-        raise ValueError(f"unknown training mode {mode!r}; choose one of {MODES}")
-    step3 = Stage("3-rpn-frozen", "shared", lambda c, n, im, t: c["shared"](im, t, part="rpn"),
-                  lambda n: _params(n["shared"].rpn), cfg.stage_rpn2, prepare=_start_step3)
-    step4 = Stage("4-detector-frozen", "shared", lambda c, n, im, t: c["shared"](im, t, part="detector"),
-                  lambda n: _params(n["shared"].roi_heads), cfg.stage_det2,
-                  prepare=lambda n: _freeze(n["shared"].backbone))
-    return [step1, step2, step3, step4]
-
-
-def build_networks(mode: str, cfg: Config) -> dict[str, FasterRCNN]:
-    """"shared" is the final network; alternating/unshared also train a separate step-1 "rpn" network
-    that starts from the same initial backbone weights."""
-    torch.manual_seed(cfg.seed)
-    shared = FasterRCNN(cfg)
-    if mode == "joint":
-        return {"shared": shared}
-    rpn_net = FasterRCNN(cfg)
-    rpn_net.backbone.load_state_dict(shared.backbone.state_dict())
-    return {"rpn": rpn_net, "shared": shared}
-
-
-def final_model(mode: str, nets: dict) -> nn.Module:
-    """The trained detector: one shared network, or for `unshared` the two networks together."""
-    if mode == "unshared":
-        return UnsharedFasterRCNN(nets["rpn"], nets["shared"])
-    return nets["shared"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Data order, learning rate
+# Data order, mini-batches, learning rate
 # ---------------------------------------------------------------------------------------------
 def batch_indices(step: int, batch_size: int, num_images: int, seed: int) -> list[int]:
     """The dataset indices of mini-batch `step`: epoch-wise random permutations, a pure function of its inputs."""
@@ -125,26 +93,35 @@ def batch_indices(step: int, batch_size: int, num_images: int, seed: int) -> lis
     return out
 
 
-def load_batch(dataset, step: int, cfg: Config, stage_index: int, device, rank: int = 0, world_size: int = 1
+def load_batch(dataset, step: int, cfg: Config, stage_index: int, device, rank: int = 0, world_size: int = 1,
+               images_per_batch: int | None = None, proposals: Sequence[Tensor] | None = None
                ) -> tuple[list[Tensor], list[dict]]:
     """Images and targets of one step, flipped with probability 1/2 if `cfg.flip` (the paper's augmentation).
 
-    With several processes (DDP), the global batch of `images_per_batch * world_size` images is
-    split so that rank r takes its own slice: a distributed sampler without sampler state.
+    images_per_batch: images per process (default `cfg.images_per_batch`). With several processes
+    (DDP), the global batch of `images_per_batch * world_size` images is split so that rank r takes
+    its own slice: a distributed sampler without sampler state. proposals: stored proposals per
+    dataset index (P_i, 4), in original pixels; the batch's are added to the targets as
+    "proposals", mirrored with their image. Difficult objects are handled per `cfg.difficult`.
     """
     seed = cfg.seed + 7919 * stage_index
-    per_rank = cfg.images_per_batch
+    per_rank = images_per_batch or cfg.images_per_batch
     indices = batch_indices(step, per_rank * world_size, len(dataset), seed)
     coins = torch.rand(len(indices), generator=torch.Generator().manual_seed(seed * 31 + step))
     indices, coins = indices[rank * per_rank:(rank + 1) * per_rank], coins[rank * per_rank:(rank + 1) * per_rank]
     images, targets = [], []
     for index, coin in zip(indices, coins.tolist()):
         image, target = dataset[index]
-        boxes = target["boxes"]
-        if cfg.flip and coin < 0.5:
-            image, boxes = hflip(image, boxes)
+        target = training_target(target, cfg.difficult)
+        flipped = cfg.flip and coin < 0.5
+        if flipped:
+            image, boxes = hflip(image, target["boxes"])
+            target = dict(target, boxes=boxes)
+        if proposals is not None:
+            stored = proposals[index]
+            target["proposals"] = mirror_boxes(stored, image.shape[-1]) if flipped else stored
         images.append(image.to(device, non_blocking=True))
-        targets.append({"boxes": boxes.to(device), "labels": target["labels"].to(device)})
+        targets.append({k: v.to(device) for k, v in target.items()})
     return images, targets
 
 
@@ -156,8 +133,278 @@ def learning_rate(step: int, schedule: StageSchedule, warmup: int) -> float:
     return lr
 
 
+def parameter_groups(named_parameters: Sequence[tuple[str, nn.Parameter]], cfg: Config) -> list[dict]:
+    """SGD parameter groups as the released prototxts set them: weights at lr × 1 with weight decay,
+    biases at lr × `cfg.bias_lr_mult` (2) and without weight decay unless `cfg.bias_weight_decay`."""
+    weights = [p for name, p in named_parameters if not name.endswith("bias")]
+    biases = [p for name, p in named_parameters if name.endswith("bias")]
+    bias_decay = cfg.weight_decay if cfg.bias_weight_decay else 0.0
+    return [group for group in ({"params": weights, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
+                                {"params": biases, "lr_mult": cfg.bias_lr_mult, "weight_decay": bias_decay})
+            if group["params"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages: what trains, on which loss, with which data
+# ---------------------------------------------------------------------------------------------
+class StageLoss(nn.Module):
+    """One training stage's loss as a module: `forward(images, targets) -> dict of losses`.
+
+    DistributedDataParallel wraps this module, so the network's own `forward` stays torchvision's.
+    part: "rpn" (RPN loss), "detector" (Fast R-CNN loss on fixed proposals) or "joint" (all four).
+    proposer: for "detector" without stored proposals, the network whose RPN proposes (kept out of
+    this module's parameters: it does not train here).
+    """
+
+    def __init__(self, network: nn.Module, part: str = "joint", proposer: FasterRCNN | None = None):
+        super().__init__()
+        self.network = network
+        self.part = part
+        self._proposer = (proposer,)           # a tuple: not registered as a submodule
+
+    def forward(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        if self.part == "rpn":
+            return self.network.rpn_losses(images, targets)
+        if self.part == "detector":
+            return self.network.detector_losses(images, targets, proposer=self._proposer[0])
+        return self.network(images, targets)
+
+
+@dataclass
+class Stage:
+    """One stage of training: its loss module, the parameters that move, its schedule and data."""
+
+    name: str
+    loss: nn.Module
+    params: list[tuple[str, nn.Parameter]]
+    schedule: StageSchedule
+    images_per_batch: int
+    proposal_source: FasterRCNN | None = None   # proposals computed once by this network, stored
+
+
+def trainable(*modules: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter of `modules` that requires grad."""
+    return [(name, p) for m in modules for name, p in m.named_parameters() if p.requires_grad]
+
+
+def _reinit_generator(cfg: Config, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(cfg.seed * 1000 + step)
+
+
+def step1_rpn(nets: dict, cfg: Config) -> Stage:
+    """Step 1: train the RPN network (backbone + RPN head) with the RPN loss."""
+    rpn_net = nets["rpn"]
+    return Stage("1-rpn", StageLoss(rpn_net, "rpn"), trainable(rpn_net.backbone, rpn_net.rpn),
+                 cfg.stage_rpn1, cfg.images_per_batch)
+
+
+def step2_detector(nets: dict, cfg: Config) -> Stage:
+    """Step 2: train the detector network (its own backbone + Fast R-CNN head) on step-1 proposals."""
+    detector, rpn_net = nets["shared"], nets["rpn"]
+    stored = cfg.alt_precomputed_proposals
+    return Stage("2-detector", StageLoss(detector, "detector", proposer=None if stored else rpn_net),
+                 trainable(detector.backbone, detector.roi_heads), cfg.stage_det1, cfg.det_images_per_batch,
+                 proposal_source=rpn_net if stored else None)
+
+
+def step3_rpn_frozen(nets: dict, cfg: Config) -> Stage:
+    """Step 3: freeze the detector's conv layers (now shared) and train an RPN head on them.
+
+    released code: a freshly initialised head; `alt_reinit_heads=False` (ours): step 1's head.
+    """
+    shared = nets["shared"]
+    shared.backbone.requires_grad_(False)
+    if cfg.alt_reinit_heads:
+        shared.rpn.head.reset_parameters(_reinit_generator(cfg, 3))
+    elif "rpn" in nets:
+        shared.rpn.load_state_dict(nets["rpn"].rpn.state_dict())
+    return Stage("3-rpn-frozen", StageLoss(shared, "rpn"), trainable(shared.rpn), cfg.stage_rpn2,
+                 cfg.images_per_batch)
+
+
+def step4_detector_frozen(nets: dict, cfg: Config) -> Stage:
+    """Step 4: conv layers still frozen; fine-tune the detector's own layers on the step-3 proposals.
+
+    released code: cls_score/bbox_pred re-initialised, fc layers continue from step 2;
+    `alt_reinit_heads=False` (ours): the whole step-2 head continues.
+    """
+    shared = nets["shared"]
+    shared.backbone.requires_grad_(False)
+    if cfg.alt_reinit_heads:
+        shared.roi_heads.predictor.reset_parameters(_reinit_generator(cfg, 4))
+    stored = cfg.alt_precomputed_proposals
+    return Stage("4-detector-frozen", StageLoss(shared, "detector", proposer=None if stored else shared),
+                 trainable(shared.roi_heads), cfg.stage_det2, cfg.det_images_per_batch,
+                 proposal_source=shared if stored else None)
+
+
+def joint(nets: dict, cfg: Config) -> Stage:
+    """Approximate joint training (§3.2 (ii)): one network, the four losses summed."""
+    shared = nets["shared"]
+    return Stage("joint", StageLoss(shared, "joint"), trainable(shared), cfg.joint, cfg.images_per_batch)
+
+
+STEPS: dict[str, tuple[Callable[[dict, Config], Stage], ...]] = {
+    "alternating": (step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen),
+    "unshared": (step1_rpn, step2_detector),
+    "joint": (joint,),
+}
+
+
+def build_networks(mode: str, cfg: Config) -> dict[str, FasterRCNN]:
+    """"shared" is the final network; alternating/unshared also train a separate step-1 "rpn" network
+    that starts from the same initial backbone weights."""
+    if mode not in STEPS:
+        raise ValueError(f"unknown training mode {mode!r}; choose one of {MODES}")
+    torch.manual_seed(cfg.seed)
+    shared = FasterRCNN(cfg)
+    if mode == "joint":
+        return {"shared": shared}
+    rpn_net = FasterRCNN(cfg)
+    rpn_net.backbone.load_state_dict(shared.backbone.state_dict())
+    return {"rpn": rpn_net, "shared": shared}
+
+
+def build_stages(mode: str, cfg: Config, nets: dict | None = None) -> list[Stage]:
+    """Every stage of `mode`, built (and prepared: freezing, re-initialising) in order on `nets`."""
+    nets = nets if nets is not None else build_networks(mode, cfg)
+    return [make(nets, cfg) for make in STEPS[mode]]
+
+
+def final_model(mode: str, nets: dict) -> nn.Module:
+    """The trained detector: one shared network, or for `unshared` the two networks together."""
+    if mode == "unshared":
+        return UnsharedFasterRCNN(nets["rpn"], nets["shared"])
+    return nets["shared"]
+
+
+@torch.no_grad()
+def store_proposals(network: FasterRCNN, dataset, cfg: Config, device, batch_size: int = 8) -> list[Tensor]:
+    """Proposals of `network`'s RPN in test mode for every image of `dataset`, in original pixels.
+
+    As the released code's `rpn_generate`: all anchors before NMS (`alt_proposal_pre_nms_top_n`,
+    0 = all), the top `alt_proposal_post_nms_top_n` after NMS 0.7. Returns (P_i, 4) per index, on CPU.
+    """
+    pre = cfg.alt_proposal_pre_nms_top_n or 10 ** 9
+    was_training = network.training
+    network.eval()
+    out: list[Tensor] = []
+    for start in range(0, len(dataset), batch_size):
+        images = [dataset[i][0].to(device) for i in range(start, min(start + batch_size, len(dataset)))]
+        out += [b.cpu() for b in network.proposals_for_images(images, pre, cfg.alt_proposal_post_nms_top_n)]
+    network.train(was_training)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StageState:
+    """Where a stage starts and what it continues from (resume), and where it reports to."""
+
+    stage_index: int = 0
+    first_step: int = 0
+    optimizer: dict | None = None
+    log: list[dict] | None = None
+    seconds_before: float = 0.0
+
+
+def run_stage(stage: Stage, dataset, cfg: Config, device: torch.device | str = "cpu", *,
+              state: StageState | None = None, amp: str | None = None, log_every: int = 20,
+              progress: bool = False, rank: int = 0, world_size: int = 1,
+              checkpoint: Callable[[int, torch.optim.Optimizer | None, list[dict], float], None] | None = None,
+              checkpoint_every: int = 500, stop_after: int | None = None) -> tuple[list[dict], bool]:
+    """Train one stage: SGD over `stage.schedule.iterations` mini-batches of `dataset`.
+
+    The one training loop of the package: lr schedule with warm-up (`learning_rate`), bias lr
+    multiplier (`parameter_groups`), autocast in `amp` ("bf16"/"fp16", fp16 with a GradScaler),
+    the stage's stored proposals, DDP (if a process group is initialised), a log record every
+    `log_every` steps, `checkpoint(next_step, optimizer, log, seconds)` every `checkpoint_every`
+    steps and at the end, and a `NonFiniteLossError` at the first NaN/inf loss, raised before any
+    checkpoint of that step is written. Backward runs on the sum of the terms named "loss*";
+    other terms are logged only. stop_after: stop after this step count of the stage (tests).
+    Returns (the log, including earlier records from `state.log`; whether it stopped early).
+    """
+    device = torch.device(device)
+    state = state or StageState()
+    log = list(state.log or [])
+    amp_dtype = AMP_DTYPES[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    t0 = time.perf_counter() - state.seconds_before
+    proposals = (store_proposals(stage.proposal_source, dataset, cfg, device)
+                 if stage.proposal_source is not None else None)
+    optimizer = torch.optim.SGD(parameter_groups(stage.params, cfg), lr=stage.schedule.lr, momentum=cfg.momentum)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+    loss_module = _wrap_for_ddp(stage.loss, device) if world_size > 1 else stage.loss
+    bar = _progress(stage, state.first_step, progress and rank == 0)
+    pending: list[tuple[int, dict[str, Tensor]]] = []
+    stopped = False
+    for step in range(state.first_step, stage.schedule.iterations):
+        lr = learning_rate(step, stage.schedule, cfg.warmup_iterations)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        images, targets = load_batch(dataset, step, cfg, state.stage_index, device, rank, world_size,
+                                     stage.images_per_batch, proposals)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            losses = loss_module(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(v for k, v in losses.items() if k.startswith("loss"))).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        pending.append((step, {k: v.detach().float() for k, v in losses.items()}))
+        last = step + 1 == stage.schedule.iterations
+        stopped = stop_after is not None and step + 1 >= stop_after and not last
+        save_now = checkpoint is not None and (last or stopped or (step + 1) % checkpoint_every == 0)
+        if len(pending) >= log_every or last or stopped or save_now:
+            # The only host synchronisation: it also checks every pending loss before a checkpoint.
+            record = flush_log(pending, stage.name, lr, time.perf_counter() - t0)
+            log.append(record)
+            pending = []
+            if bar is not None:
+                bar.update(record["step"] + 1 - bar.n)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")})
+        if save_now:
+            checkpoint(step + 1, None if last else optimizer, log, time.perf_counter() - t0)
+        if stopped:
+            break
+    if bar is not None:
+        bar.close()
+    return log, stopped
+
+
+def _wrap_for_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` in DistributedDataParallel. find_unused_parameters: a stage may use only part of it."""
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def flush_log(pending: list[tuple[int, dict[str, Tensor]]], stage_name: str, lr: float, seconds: float) -> dict:
+    """Average the pending steps' losses; stop with a clear message at the first non-finite one."""
+    stacked = {k: torch.stack([losses[k] for _, losses in pending]) for k in pending[0][1]}
+    for name, values in stacked.items():
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            step = pending[int(bad[0])][0]
+            raise NonFiniteLossError(f"stage {stage_name}, step {step}: loss term {name} is "
+                                     f"{float(values[int(bad[0])])}; stopping (nothing was saved after the "
+                                     f"last finite checkpoint). Lower the learning rate or check the data.")
+    record = {"stage": stage_name, "step": pending[-1][0], "lr": lr, "seconds": round(seconds, 2)}
+    record.update({k: float(v.mean()) for k, v in stacked.items()})
+    return record
+
+
+def _progress(stage: Stage, first_step: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=stage.schedule.iterations, initial=first_step, desc=f"stage {stage.name}", leave=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run: the stages of a mode, with checkpoints and resume
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -174,100 +421,100 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
     """Train a detector on `dataset` (items: image (3,H,W) in [0,1], target dict with boxes/labels).
 
     out_dir: where `checkpoint.pt`, `model.pt`, `log.csv`/`log.jsonl` and `losses.png` go (None: nothing saved).
+    resume: a `checkpoint.pt` of an interrupted run with the same mode and configuration.
     stop_after: stop (after checkpointing) once this many steps of the whole run are done — for tests of resume.
     amp: None, "bf16" or "fp16": autocast the networks (boxes and losses stay fp32; fp16 uses a GradScaler).
-    Under `torchrun` (an initialised torch.distributed process group) each stage's network is wrapped
-    in DistributedDataParallel, every rank trains on its own slice of each global batch, and only
-    rank 0 logs and writes files.
+    Under `torchrun` (an initialised torch.distributed process group) each stage's loss module is
+    wrapped in DistributedDataParallel, every rank trains on its own slice of each global batch,
+    and only rank 0 logs and writes files.
     """
     device = torch.device(device)
     rank, world_size = _distributed_rank_and_size()
     out = Path(out_dir) if out_dir is not None and rank == 0 else None
     classes = list(classes if classes is not None else getattr(dataset, "classes", []))
-    stages = build_stages(mode, cfg)
     nets = build_networks(mode, cfg)
     generator = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     for net in nets.values():
         net.to(device).train()
         net.set_generator(generator)
-    amp_dtype = AMP_DTYPES[amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start_stage, start_step, log, elapsed, optimizer_state = 0, 0, [], 0.0, None
     if resume is not None:
-        state = load_checkpoint(resume)
-        if state["mode"] != mode:
-            raise ValueError(f"{resume} was written by mode {state['mode']!r}, not {mode!r}")
-        start_stage, start_step = state["stage_index"], state["stage_step"]
-        # Redo the freezing/copying the interrupted run had done, then restore its weights.
-        for stage in stages[: start_stage + (1 if start_step > 0 else 0)]:
-            stage.prepare(nets)
-        for name, weights in state["networks"].items():
+        saved = _resumable_state(resume, mode, cfg)
+        start_stage, start_step = saved["stage_index"], saved["stage_step"]
+        # Redo the freezing/re-initialising of the stages the interrupted run had started, then
+        # restore its weights (which overwrite any re-initialised head).
+        for make in STEPS[mode][: start_stage + (1 if start_step > 0 else 0)]:
+            make(nets, cfg)
+        for name, weights in saved["networks"].items():
             nets[name].load_state_dict(weights)
-        optimizer_state = state["optimizer"]
-        generator.set_state(state["generator"])
-        log, elapsed = list(state["log"]), float(state["seconds"])
+        optimizer_state = saved["optimizer"]
+        generator.set_state(saved["generator"])
+        log, elapsed = list(saved["log"]), float(saved["seconds"])
 
-    steps_done = sum(s.schedule.iterations for s in stages[:start_stage]) + start_step
-    t0 = time.perf_counter() - elapsed
-    for stage_index in range(start_stage, len(stages)):
-        stage = stages[stage_index]
-        resuming_mid_stage = resume is not None and stage_index == start_stage and start_step > 0
-        if not resuming_mid_stage:
-            stage.prepare(nets)
-        first_step = start_step if stage_index == start_stage else 0
-        optimizer = torch.optim.SGD(stage.trainable(nets), lr=stage.schedule.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-        if resuming_mid_stage:
-            optimizer.load_state_dict(optimizer_state)
-        # DDP records which parameters train at construction, so wrap after this stage's freezing.
-        call = _wrap_for_ddp(nets, stage.network, device) if world_size > 1 else nets
-        bar = _progress(stage, first_step, progress and rank == 0)
-        pending: list[tuple[int, dict[str, Tensor]]] = []
-        for step in range(first_step, stage.schedule.iterations):
-            lr = learning_rate(step, stage.schedule, cfg.warmup_iterations)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, targets = load_batch(dataset, step, cfg, stage_index, device, rank, world_size)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                losses = stage.loss(call, nets, images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(sum(losses.values())).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            pending.append((step, {k: v.detach().float() for k, v in losses.items()}))
-            steps_done += 1
-            last = step + 1 == stage.schedule.iterations
-            stopping = stop_after is not None and steps_done >= stop_after
-            if len(pending) >= log_every or last or stopping:
-                # The only host synchronisation: once per `log_every` steps.
-                record = flush_log(pending, stage, lr, time.perf_counter() - t0)
-                log.append(record)
-                pending = []
-                if bar is not None:
-                    bar.update(record["step"] + 1 - bar.n)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")})
-            if out is not None and (last or stopping or (step + 1) % checkpoint_every == 0):
-                # Where a resumed run continues: the next step, or the start of the next stage.
-                position = (stage_index + 1, 0) if last else (stage_index, step + 1)
-                save_checkpoint({"mode": mode, "stage_index": position[0], "stage_step": position[1],
-                                 "networks": {k: v.state_dict() for k, v in nets.items()},
-                                 "optimizer": None if last else optimizer.state_dict(),
-                                 "generator": generator.get_state(), "log": log,
-                                 "seconds": time.perf_counter() - t0, "config": cfg.to_dict(),
-                                 "classes": classes}, out / "checkpoint.pt")
-            if stopping:
-                if bar is not None:
-                    bar.close()
-                return TrainResult(final_model(mode, nets), log, time.perf_counter() - t0, out)
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
+    steps_before = sum(getattr(cfg, _schedule_field(make)).iterations for make in STEPS[mode][:start_stage])
+    for stage_index in range(start_stage, len(STEPS[mode])):
+        mid_stage = resume is not None and stage_index == start_stage and start_step > 0
+        stage = STEPS[mode][stage_index](nets, cfg)
+        first = start_step if stage_index == start_stage else 0
+
+        def write_checkpoint(next_step, optimizer, stage_log, seconds, stage_index=stage_index, stage=stage):
+            if out is None:
+                return
+            # Where a resumed run continues: the next step, or the start of the next stage.
+            done = next_step >= stage.schedule.iterations
+            save_checkpoint({"mode": mode, "stage_index": stage_index + 1 if done else stage_index,
+                             "stage_step": 0 if done else next_step,
+                             "networks": {k: v.state_dict() for k, v in nets.items()},
+                             "optimizer": None if optimizer is None else optimizer.state_dict(),
+                             "generator": generator.get_state(), "log": stage_log, "seconds": seconds,
+                             "config": cfg.to_dict(), "classes": classes}, out / "checkpoint.pt")
+
+        remaining = None if stop_after is None else stop_after - steps_before
+        state = StageState(stage_index, first, optimizer_state if mid_stage else None, log, elapsed)
+        log, stopped = run_stage(stage, dataset, cfg, device, state=state, amp=amp, log_every=log_every,
+                                 progress=progress, rank=rank, world_size=world_size,
+                                 checkpoint=write_checkpoint if out is not None else None,
+                                 checkpoint_every=checkpoint_every,
+                                 stop_after=None if remaining is None else max(1, remaining))
+        elapsed = log[-1]["seconds"] if log else elapsed
+        steps_before += stage.schedule.iterations
+        if stopped or (remaining is not None and remaining <= stage.schedule.iterations):
+            return TrainResult(final_model(mode, nets), log, elapsed, out)
     model = final_model(mode, nets).eval()
     if out is not None:
-        save_model(model, out / "model.pt", cfg, classes, {"mode": mode, "train_seconds": seconds})
+        save_model(model, out / "model.pt", cfg, classes, {"mode": mode, "train_seconds": elapsed})
         write_log(log, out)
-    return TrainResult(model, log, seconds, out)
+    return TrainResult(model, log, elapsed, out)
+
+
+def _schedule_field(make: Callable) -> str:
+    return {step1_rpn: "stage_rpn1", step2_detector: "stage_det1", step3_rpn_frozen: "stage_rpn2",
+            step4_detector_frozen: "stage_det2", joint: "joint"}[make]
+
+
+def config_differences(saved: dict, cfg: Config) -> list[str]:
+    """Names of the Config fields whose value in the saved dict differs from `cfg` ("field: saved -> now")."""
+    current = cfg.to_dict()
+    try:
+        saved = Config.from_dict(saved).to_dict()
+    except (TypeError, ValueError) as exc:
+        return [f"unreadable config ({exc})"]
+    return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in current if saved.get(k) != current[k]]
+
+
+def _resumable_state(path: str | Path, mode: str, cfg: Config) -> dict:
+    """The checkpoint at `path`, refused (CheckpointError) unless it continues this mode and configuration."""
+    state = load_checkpoint(path)
+    if "mode" not in state or "networks" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint (no mode/networks): pass the run's checkpoint.pt")
+    if state["mode"] != mode:
+        raise CheckpointError(f"{path} was written by mode {state['mode']!r}, not {mode!r}")
+    differences = config_differences(state.get("config", {}), cfg)
+    if differences:
+        raise CheckpointError(f"{path} was written with another configuration; differing fields: "
+                              + "; ".join(differences) + ". Resume with the original options.")
+    return state
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
@@ -277,40 +524,8 @@ def _distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
-def _wrap_for_ddp(nets: dict, name: str, device: torch.device) -> dict:
-    """The stage's network wrapped in DistributedDataParallel (others as they are).
-
-    find_unused_parameters: a stage uses only one half of the network (RPN or detector).
-    """
-    from torch.nn.parallel import DistributedDataParallel
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return {**nets, name: DistributedDataParallel(nets[name], device_ids=ids, find_unused_parameters=True)}
-
-
-def flush_log(pending: list[tuple[int, dict[str, Tensor]]], stage: Stage, lr: float, seconds: float) -> dict:
-    """Average the pending steps' losses; stop with a clear message at the first non-finite one."""
-    stacked = {k: torch.stack([losses[k] for _, losses in pending]) for k in pending[0][1]}
-    for name, values in stacked.items():
-        bad = (~torch.isfinite(values)).nonzero()
-        if len(bad):
-            step = pending[int(bad[0])][0]
-            raise NonFiniteLossError(f"stage {stage.name}, step {step}: loss term {name} is "
-                                     f"{float(values[int(bad[0])])}; stopping (nothing was saved after the "
-                                     f"last finite checkpoint). Lower the learning rate or check the data.")
-    record = {"stage": stage.name, "step": pending[-1][0], "lr": lr, "seconds": round(seconds, 2)}
-    record.update({k: float(v.mean()) for k, v in stacked.items()})
-    return record
-
-
-def _progress(stage: Stage, first_step: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=stage.schedule.iterations, initial=first_step, desc=f"stage {stage.name}", leave=True)
-
-
 # ---------------------------------------------------------------------------------------------
-# Files: the trained model and the loss log
+# The loss log
 # ---------------------------------------------------------------------------------------------
 def write_log(log: list[dict], out_dir: Path) -> None:
     """log.jsonl, log.csv and a plot of the loss curves (losses.png)."""
@@ -318,7 +533,7 @@ def write_log(log: list[dict], out_dir: Path) -> None:
     with open(out_dir / "log.jsonl", "w") as f:
         for record in log:
             f.write(json.dumps(record) + "\n")
-    keys = sorted({k for r in log for k in r}, key=lambda k: (not k in ("stage", "step"), k))
+    keys = sorted({k for r in log for k in r}, key=lambda k: (k not in ("stage", "step"), k))
     with open(out_dir / "log.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.checkpoint import load_model
-from fasterrcnn_edu.training import NonFiniteLossError, build_networks, build_stages, train
+from fasterrcnn_edu.training import STEPS, NonFiniteLossError, build_networks, run_stage, train
 
 
 class TinyShapes:
@@ -47,35 +47,28 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_alternating_steps_3_and_4_leave_shared_layers_unchanged():
+def test_alternating_steps_move_exactly_what_the_released_code_trains():
     cfg = tiny_config()
     nets = build_networks("alternating", cfg)
-    stages = build_stages("alternating", cfg)
-    data = TinyShapes()
-    changed = {}
-    for stage in stages:
-        stage.prepare(nets)
-        params = stage.trainable(nets)
-        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=cfg.weight_decay)
-        before_backbone = snapshot(nets["shared"].backbone)
-        before_rpn = snapshot(nets["shared"].rpn)
-        before_heads = snapshot(nets["shared"].roi_heads)
-        for step in range(2):
-            images, targets = zip(*[data[i] for i in range(2)])
-            loss = sum(stage.loss(nets, nets, list(images), list(targets)).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    parts = ("backbone", "rpn", "roi_heads")
+    changed, rpn_net_after_step1 = {}, None
+    for make in STEPS["alternating"]:
+        stage = make(nets, cfg)
+        before = {part: snapshot(getattr(nets["shared"], part)) for part in parts}
+        run_stage(stage, TinyShapes(), cfg, log_every=1)
         after = nets["shared"]
-        changed[stage.name] = {
-            "backbone": any(not torch.equal(before_backbone[k], v) for k, v in after.backbone.state_dict().items()),
-            "rpn": any(not torch.equal(before_rpn[k], v) for k, v in after.rpn.state_dict().items()),
-            "heads": any(not torch.equal(before_heads[k], v) for k, v in after.roi_heads.state_dict().items()),
-        }
-    # Step 2 trains the detector's own backbone copy; steps 3 and 4 must not touch it.
-    assert changed["2-detector"] == {"backbone": True, "rpn": False, "heads": True}
-    assert changed["3-rpn-frozen"] == {"backbone": False, "rpn": True, "heads": False}
-    assert changed["4-detector-frozen"] == {"backbone": False, "rpn": False, "heads": True}
+        changed[stage.name] = {part: any(not torch.equal(before[part][k], v)
+                                         for k, v in getattr(after, part).state_dict().items()) for part in parts}
+        if stage.name == "1-rpn":
+            rpn_net_after_step1 = snapshot(nets["rpn"])
+    # Step 1 trains the separate RPN network only; step 2 the detector's own backbone copy and head;
+    # steps 3 and 4 must not touch the (now shared) conv layers.
+    assert changed["1-rpn"] == {"backbone": False, "rpn": False, "roi_heads": False}
+    assert changed["2-detector"] == {"backbone": True, "rpn": False, "roi_heads": True}
+    assert changed["3-rpn-frozen"] == {"backbone": False, "rpn": True, "roi_heads": False}
+    assert changed["4-detector-frozen"] == {"backbone": False, "rpn": False, "roi_heads": True}
+    # The step-1 network is never trained again after step 1.
+    assert all(torch.equal(rpn_net_after_step1[k], v) for k, v in nets["rpn"].state_dict().items())
 
 
 def test_step1_rpn_network_is_separate_and_starts_from_same_backbone():

@@ -47,7 +47,8 @@ from fasterrcnn_edu.lab.records import command_line, file_sha256, round_floats, 
 from fasterrcnn_edu.inference import predict_dataset, predict_proposals
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.proposals import generate_proposals
-from fasterrcnn_edu.training import build_networks, build_stages, learning_rate, load_batch
+from fasterrcnn_edu.training import (STEPS, StageState, build_networks, run_stage, step3_rpn_frozen,
+                                     step4_detector_frozen)
 
 __all__ = [
     "PARTS", "stage_table", "plot_training_stages", "same_weights",
@@ -80,17 +81,23 @@ def stage_table(mode: str, cfg: Config, images: list[Tensor], targets: list[dict
     - ``frozen``: number of parameters that ran but do not move;
     - ``total``: all its parameters.
 
-    Stages are prepared in order (step 3 copies the step-1 RPN and freezes the shared conv layers),
-    exactly as `training.train` prepares them.
+    Stages are built in order by the training step functions (`training.STEPS`), exactly as
+    `training.train` builds them: step 3 freezes the shared conv layers and starts a fresh RPN head
+    (or copies step 1's with `alt_reinit_heads=False`), steps 2 and 4 train on stored proposals.
     """
-    stages = build_stages(mode, cfg)
     nets = build_networks(mode, cfg)
     for net in nets.values():
         net.train()
     rows = []
-    for stage in stages:
-        stage.prepare(nets)
-        trainable = {id(p) for p in stage.trainable(nets)}
+    for make in STEPS[mode]:
+        stage = make(nets, cfg)                                  # freezes / re-initialises, as `train` does
+        trainable_ids = {id(p) for _, p in stage.params}
+        stage_targets = targets
+        if stage.proposal_source is not None:                    # stored proposals, as in training
+            stored = stage.proposal_source.proposals_for_images(images, cfg.alt_proposal_pre_nms_top_n or 10 ** 9,
+                                                                 cfg.alt_proposal_post_nms_top_n)
+            stage.proposal_source.train()
+            stage_targets = [dict(t, proposals=p) for t, p in zip(targets, stored)]
         used: set[str] = set()
         handles = []
         for net_name, net in nets.items():
@@ -99,7 +106,7 @@ def stage_table(mode: str, cfg: Config, images: list[Tensor], targets: list[dict
                 handles.append(getattr(net, part).register_forward_hook(
                     lambda module, inputs, output, key=key: used.add(key)))
         try:
-            losses = stage.loss(nets, nets, images, targets)     # (callables, networks, images, targets)
+            losses = stage.loss(images, stage_targets)
             sum(losses.values()).backward()
         finally:
             for handle in handles:
@@ -109,13 +116,14 @@ def stage_table(mode: str, cfg: Config, images: list[Tensor], targets: list[dict
             for part in PARTS:
                 key = f"{net_name}.{part}"
                 params = list(getattr(net, part).parameters())
-                n_train = _count(p for p in params if id(p) in trainable)
+                n_train = _count(p for p in params if id(p) in trainable_ids)
                 parts[key] = {"used": key in used, "trainable": n_train,
                               "frozen": _count(params) - n_train if key in used else 0,
                               "total": _count(params)}
         for net in nets.values():
             net.zero_grad(set_to_none=True)
-        rows.append({"stage": stage.name, "network": stage.network, "parts": parts,
+        network = next(name for name, net in nets.items() if net is stage.loss.network)
+        rows.append({"stage": stage.name, "network": network, "parts": parts,
                      "losses": sorted(losses)})
     return rows
 
@@ -415,40 +423,18 @@ def finetune_steps_3_4(model: FasterRCNN, dataset, device="cpu", progress: bool 
                        log_every: int = 20) -> tuple[list[dict], float]:
     """Steps 3 and 4 of the 4-step scheme on `model`'s frozen conv layers: train the RPN head
     (`cfg.stage_rpn2`), then the Fast R-CNN head on the new RPN's proposals (`cfg.stage_det2`),
-    with the data order, warm-up and learning-rate steps of `training.train`.
-    Returns (log records like `training.train`'s, seconds)."""
+    with the step functions and the loop of `training.train` (`step3_rpn_frozen`,
+    `step4_detector_frozen`, `run_stage`). Returns (log records like `training.train`'s, seconds)."""
     cfg = model.cfg
     device = torch.device(device)
     model.to(device).train()
-    model.backbone.requires_grad_(False)
     model.set_generator(torch.Generator(device=device).manual_seed(cfg.seed))
-    stages = (("3-rpn-frozen", model.rpn, model.rpn_losses, cfg.stage_rpn2, 2),
-              ("4-detector-frozen", model.roi_heads, model.detector_losses, cfg.stage_det2, 3))
+    nets = {"shared": model}
     log, t0 = [], time.perf_counter()
-    for name, part, loss_fn, schedule, stage_index in stages:
-        optimizer = torch.optim.SGD([p for p in part.parameters() if p.requires_grad], lr=schedule.lr,
-                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        steps = range(schedule.iterations)
-        if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=f"stage {name}")
-        pending: list[dict[str, Tensor]] = []
-        for step in steps:
-            lr = learning_rate(step, schedule, cfg.warmup_iterations)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, targets = load_batch(dataset, step, cfg, stage_index, device)
-            losses = loss_fn(images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-            pending.append({k: v.detach() for k, v in losses.items()})
-            if len(pending) == log_every or step + 1 == schedule.iterations:
-                record = {"stage": name, "step": step, "lr": lr,
-                          "seconds": round(time.perf_counter() - t0, 2)}
-                record.update({k: float(torch.stack([p[k] for p in pending]).mean()) for k in pending[0]})
-                log.append(record)
-                pending = []
+    for stage_index, make in ((2, step3_rpn_frozen), (3, step4_detector_frozen)):
+        stage = make(nets, cfg)
+        log, _ = run_stage(stage, dataset, cfg, device, state=StageState(stage_index, log=log),
+                           log_every=log_every, progress=progress)
     model.eval()
     return log, time.perf_counter() - t0
 

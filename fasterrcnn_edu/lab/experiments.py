@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import math
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +24,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Subset
 
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.evaluation import average_recall, recall_vs_iou
 from fasterrcnn_edu.inference import predict_proposals
 from fasterrcnn_edu.model import FasterRCNN
-from fasterrcnn_edu.training import learning_rate, load_batch
+from fasterrcnn_edu.training import Stage, StageLoss, run_stage, trainable
 from fasterrcnn_edu.lab.records import command_line, environment
 
 __all__ = ["RPNRun", "train_rpn", "proposal_recall", "lambda_sweep", "loss_weights", "subset",
@@ -55,25 +52,11 @@ class RPNRun:
     seconds: float
 
 
-class _Subset:
-    """`dataset` restricted to `indices` (keeps `classes`), without torch.utils.data."""
-
-    def __init__(self, dataset, indices: Sequence[int]):
-        self.dataset, self.indices = dataset, list(indices)
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.dataset[self.indices[i]]
-
-
 def subset(dataset, count: int | None):
     """The first `count` items of `dataset` (all of them if count is None or 0)."""
     if not count or count >= len(dataset):
         return dataset
-    return _Subset(dataset, range(count))
+    return Subset(dataset, range(count))
 
 
 def train_rpn(dataset, cfg: Config | None = None, steps: int = 200, lr: float | None = None,
@@ -90,41 +73,19 @@ def train_rpn(dataset, cfg: Config | None = None, steps: int = 200, lr: float | 
     fresh one (it is trained in place). Data order, flips and anchor sampling follow `seed`.
     """
     cfg = cfg if cfg is not None else Config.book()
-    cfg = dataclasses.replace(cfg, seed=seed)
+    warmup = min(cfg.warmup_iterations, steps // 4) if warmup is None else warmup
+    cfg = cfg.replace(seed=seed, warmup_iterations=warmup)
     device = torch.device(device)
     if model is None:
         torch.manual_seed(seed)
         model = FasterRCNN(cfg)
     model.to(device).train()
     model.set_generator(torch.Generator(device=device).manual_seed(seed))
-    params = [p for m in (model.backbone, model.rpn) for p in m.parameters() if p.requires_grad]
     base_lr = cfg.stage_rpn1.lr if lr is None else lr
-    schedule = StageSchedule(steps, base_lr, max(1, int(0.8 * steps)))
-    warmup = min(cfg.warmup_iterations, steps // 4) if warmup is None else warmup
-    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    log: list[dict] = []
-    pending: list[dict[str, Tensor]] = []
+    stage = Stage("rpn", StageLoss(model, "rpn"), trainable(model.backbone, model.rpn),
+                  StageSchedule(steps, base_lr, max(1, int(0.8 * steps))), cfg.images_per_batch)
     start = time.perf_counter()
-    for step in range(steps):
-        step_lr = learning_rate(step, schedule, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
-        images, targets = load_batch(dataset, step, cfg, 0, device)
-        losses = model.rpn_losses(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-        pending.append({k: v.detach() for k, v in losses.items()})
-        if len(pending) == log_every or step + 1 == steps:
-            record = {"step": step, "lr": step_lr, "seconds": round(time.perf_counter() - start, 3)}
-            for key in pending[0]:
-                value = float(torch.stack([p[key] for p in pending]).mean())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"step {step}: {key} is {value}; lower the learning rate")
-                record[key] = value
-            log.append(record)
-            pending = []
+    log, _ = run_stage(stage, dataset, cfg, device, log_every=log_every)
     return RPNRun(model.eval(), log, time.perf_counter() - start)
 
 

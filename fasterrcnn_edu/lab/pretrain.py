@@ -10,7 +10,6 @@ crops are cut with RoIAlign, all at once. The detector training then starts from
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -22,9 +21,9 @@ from fasterrcnn_edu.backbones import Backbone, build_backbone
 from fasterrcnn_edu.boxes import box_iou
 from fasterrcnn_edu.checkpoint import atomic_write
 from fasterrcnn_edu.commands import DEFAULT_DATA
-from fasterrcnn_edu.config import PRESETS, Config, get_config
-from fasterrcnn_edu.training import batch_indices
-from fasterrcnn_edu.transforms import hflip, normalize
+from fasterrcnn_edu.config import PRESETS, Config, StageSchedule, get_config
+from fasterrcnn_edu.training import Stage, run_stage, trainable
+from fasterrcnn_edu.transforms import normalize
 
 
 class CropClassifier(nn.Module):
@@ -64,53 +63,51 @@ def crop_boxes(gt_boxes: torch.Tensor, image_size: tuple[int, int], num_backgrou
     return torch.cat([objects, background]), is_object
 
 
+class CropLoss(nn.Module):
+    """The pre-training loss of one mini-batch: cut the crops of each image, classify them.
+
+    forward(images, targets) -> {"loss_cls": cross-entropy, "accuracy": fraction right (logged only)}.
+    """
+
+    def __init__(self, classifier: CropClassifier, cfg: Config, crop_size: int, generator: torch.Generator):
+        super().__init__()
+        self.classifier = classifier
+        self.cfg, self.crop_size, self.generator = cfg, crop_size, generator
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        crops, labels = [], []
+        for image, target in zip(images, targets):                    # a loop over images
+            regions, is_object = crop_boxes(target["boxes"].cpu(), tuple(image.shape[-2:]), 3, self.generator)
+            normalized = normalize(image, self.cfg.image_mean, self.cfg.image_std)[None]
+            crops.append(torchvision.ops.roi_align(normalized, [regions.to(image.device)], self.crop_size, 1.0, 2,
+                                                   aligned=True))
+            background = torch.zeros(int((~is_object).sum()), dtype=torch.int64, device=image.device)
+            labels.append(torch.cat([target["labels"], background]))
+        logits, labels = self.classifier(torch.cat(crops)), torch.cat(labels)
+        return {"loss_cls": F.cross_entropy(logits, labels),
+                "accuracy": (logits.argmax(1) == labels).float().mean().detach()}
+
+
 def pretrain_backbone(dataset, cfg: Config, steps: int = 1500, images_per_step: int = 8, crop_size: int = 64,
                       lr: float = 0.05, out_path: str | Path | None = None, device="cpu", progress: bool = True,
                       seed: int = 0) -> tuple[Backbone, list[dict]]:
     """Train `cfg.backbone` to classify object crops; returns the backbone and a log of loss/accuracy.
 
-    If `out_path` is given, the backbone's state dict is written there (atomically), ready for
-    `Config.backbone_weights` / `train --backbone-weights`.
+    The loop is the detector's (`training.run_stage`): SGD with momentum, lr `lr` with a linear
+    warm-up over the first 10 % of the steps and ×0.1 after 80 %, flipped images, every object kept
+    (`difficult="train"`: a crop classifier has no use for ignore regions). If `out_path` is given,
+    the backbone's state dict is written there (atomically), ready for `Config.backbone_weights` /
+    `train --backbone-weights`.
     """
     device = torch.device(device)
     torch.manual_seed(seed)
     backbone, _ = build_backbone(cfg.backbone, cfg.roi_output_size, cfg.head_hidden)
     model = CropClassifier(backbone, cfg.num_classes).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed)
-    log, bar = [], None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc="pre-train backbone")
-    start = time.perf_counter()
-    for step in range(steps):
-        crops, labels = [], []
-        for index in batch_indices(step, images_per_step, len(dataset), seed):
-            image, target = dataset[index]
-            boxes = target["boxes"]
-            if torch.rand(1, generator=generator) < 0.5:
-                image, boxes = hflip(image, boxes)
-            regions, is_object = crop_boxes(boxes, tuple(image.shape[-2:]), 3, generator)
-            image = normalize(image, cfg.image_mean, cfg.image_std)[None]
-            crops.append(torchvision.ops.roi_align(image, [regions], crop_size, 1.0, 2, aligned=True))
-            labels.append(torch.cat([target["labels"], torch.zeros(int((~is_object).sum()), dtype=torch.int64)]))
-        crops, labels = torch.cat(crops).to(device), torch.cat(labels).to(device)
-        loss = F.cross_entropy(model(crops), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 20 == 19 or step + 1 == steps:
-            with torch.no_grad():
-                accuracy = (model(crops).argmax(1) == labels).float().mean()
-            log.append({"step": step, "loss": float(loss.detach()), "accuracy": float(accuracy),
-                        "seconds": round(time.perf_counter() - start, 1)})
-            if bar is not None:
-                bar.update(step + 1 - bar.n)
-                bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(accuracy):.2f}")
-    if bar is not None:
-        bar.close()
+    cfg = cfg.replace(seed=seed, warmup_iterations=max(1, steps // 10), difficult="train")
+    loss = CropLoss(model, cfg, crop_size, torch.Generator().manual_seed(seed))
+    stage = Stage("pre-train backbone", loss, trainable(model), StageSchedule(steps, lr, max(1, int(0.8 * steps))),
+                  images_per_step)
+    log, _ = run_stage(stage, dataset, cfg, device, log_every=20, progress=progress)
     backbone = model.backbone.cpu()
     if out_path is not None:
         save_backbone(backbone, out_path)

@@ -24,7 +24,6 @@ equal `model(images)`. `time_vs_image_size` and `time_vs_num_proposals` give the
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import math
@@ -164,20 +163,19 @@ def profile_stages(model: FasterRCNN, images: list[Tensor], repeats: int = 5, wa
 
 
 def with_settings(model: FasterRCNN, **overrides) -> FasterRCNN:
-    """A copy of `model` (same weights) whose configuration has `overrides` applied.
+    """A new model with `model`'s weights and its configuration with `overrides` applied.
 
     Accepts any `Config` field used at test time: e.g. min_size / max_size (the image scale),
     rpn_pre_nms_top_n_test / rpn_post_nms_top_n_test / rpn_nms_thresh (the proposals),
-    score_thresh / det_nms_thresh / detections_per_img. The original model is untouched.
+    score_thresh / det_nms_thresh / detections_per_img. The original model is untouched (a
+    `Config` is immutable; the copy is built from the changed one).
     """
-    clone = copy.deepcopy(model)
-    cfg = clone.cfg                      # shared by clone.rpn and clone.roi_heads (deepcopy keeps that)
-    for name, value in overrides.items():
-        if not hasattr(cfg, name):
-            raise AttributeError(f"Config has no field {name!r}")
-        setattr(cfg, name, value)
-    clone.transform.min_size, clone.transform.max_size = cfg.min_size, cfg.max_size
-    return clone.eval()
+    unknown = [name for name in overrides if not hasattr(model.cfg, name)]
+    if unknown:
+        raise AttributeError(f"Config has no field {unknown[0]!r}")
+    clone = FasterRCNN(model.cfg.replace(backbone_weights=None, **overrides))
+    clone.load_state_dict(model.state_dict())
+    return clone.to(_device_of(model)).eval()
 
 
 def time_vs_image_size(model: FasterRCNN, image: Tensor, sizes: Sequence[int] = (200, 300, 400, 500, 600, 700, 800),

@@ -11,8 +11,8 @@ as fast as `torchvision.models.detection.FasterRCNN`? Both detectors here get
   warm-up, momentum, weight decay).
 
 torchvision trains its detector only end to end, so both are trained with approximate joint
-training (paper §3.2); each keeps its own losses. The two take training steps in alternation,
-so a busy machine slows both alike; each one's time is the sum over its own steps. Inference is
+training (paper §3.2); each keeps its own losses. Both go through the package's one training
+loop (`training.run_stage`), one after the other on the same mini-batches. Inference is
 timed the same way, image by image, on the evaluation split, and both are scored with the VOC07
 11-point mAP@0.5 and the area mAP of `evaluation.evaluate_voc`.
 """
@@ -35,7 +35,7 @@ from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import evaluate_voc
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.lab.profiling import synchronize
-from fasterrcnn_edu.training import flush_log, build_stages, learning_rate, load_batch
+from fasterrcnn_edu.training import Stage, StageLoss, run_stage, trainable
 
 NAMES = ("ours", "torchvision")
 
@@ -50,45 +50,26 @@ def build_pair(cfg: Config, device: torch.device) -> dict[str, nn.Module]:
 
 def train_pair(models: dict[str, nn.Module], dataset, cfg: Config, device: torch.device,
                log_every: int = 50, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
-    """Train both models for `cfg.joint.iterations` steps of the same batches, alternating step by step.
+    """Train both models for `cfg.joint.iterations` steps of the same batches with `training.run_stage`.
 
-    Returns the training seconds of each model and a log (one record per model every `log_every` steps).
-    Stops with `training.NonFiniteLossError` at the first non-finite loss of either model.
+    The two run one after the other on identical mini-batches (data order and flips are pure
+    functions of seed and step). torchvision has no ignore regions, so both drop difficult objects
+    (the released code's `use_diff=False`). Returns the training seconds of each model and a log
+    (one record per model every `log_every` steps). Stops with `training.NonFiniteLossError` at the
+    first non-finite loss of either model.
     """
-    stage = build_stages("joint", cfg)[0]
-    schedule = stage.schedule
+    cfg = cfg.replace(difficult="drop")
     models["ours"].set_generator(torch.Generator(device=device).manual_seed(cfg.seed))
-    optimizers = {name: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=schedule.lr,
-                                        momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-                  for name, m in models.items()}
-    seconds = {name: 0.0 for name in models}
-    pending: dict[str, list[tuple[int, dict[str, Tensor]]]] = {name: [] for name in models}
-    log: list[dict] = []
-    steps = range(schedule.iterations)
-    if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="side-by-side training")
-    for step in steps:
-        lr = learning_rate(step, schedule, cfg.warmup_iterations)
-        images, targets = load_batch(dataset, step, cfg, 0, device)
-        for name, model in models.items():
-            for group in optimizers[name].param_groups:
-                group["lr"] = lr
-            start = time.perf_counter()
-            losses = model(images, targets)
-            optimizers[name].zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizers[name].step()
-            synchronize(device)
-            seconds[name] += time.perf_counter() - start
-            pending[name].append((step, {k: v.detach().float() for k, v in losses.items()}))
-        if (step + 1) % log_every == 0 or step + 1 == schedule.iterations:
-            for name in models:
-                record = flush_log(pending[name], dataclasses.replace(stage, name=f"joint ({name})"), lr,
-                                    seconds[name])
-                log.append({"model": name, **record, "loss": sum(v for k, v in record.items()
-                                                                 if k.startswith("loss"))})
-                pending[name] = []
+    seconds, log = {}, []
+    for name, model in models.items():
+        stage = Stage(f"joint ({name})", StageLoss(model, "joint"), trainable(model), cfg.joint,
+                      cfg.images_per_batch)
+        start = time.perf_counter()
+        records, _ = run_stage(stage, dataset, cfg, device, log_every=log_every, progress=progress)
+        synchronize(device)
+        seconds[name] = time.perf_counter() - start
+        log += [{"model": name, **record, "loss": sum(v for k, v in record.items() if k.startswith("loss"))}
+                for record in records]
     return seconds, log
 
 
