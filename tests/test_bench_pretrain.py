@@ -54,7 +54,7 @@ def test_pretraining_learns_to_tell_the_crops_apart(tmp_path):
     backbone, log = pretrain_backbone(TwoSquares(), cfg, steps=60, images_per_step=2, lr=0.05,
                                       out_path=tmp_path / "bb.pt", progress=False)
     # Chance level is 1/3 accuracy and a loss of ln 3 ≈ 1.10.
-    assert log[-1]["accuracy"] >= 0.9 and log[-1]["loss"] < 0.5
+    assert log[-1]["accuracy"] >= 0.9 and log[-1]["loss_cls"] < 0.5
     # The file loads as backbone weights of a detector.
     model = FasterRCNN(Config.book(num_classes=3, backbone_weights=str(tmp_path / "bb.pt")))
     assert torch.equal(model.backbone.body[0].weight, backbone.body[0].weight)

@@ -31,10 +31,11 @@ def _tgt(boxes, labels, difficult=None):
 # ---------------------------------------------------------------------------------------------
 
 def _devkit_ap(rec, prec, use_07):
-    """Line-by-line transcription of the devkit's MATLAB (VOCevaldet.m / VOCap.m)."""
+    """Line-by-line transcription of py-faster-rcnn's voc_ap (the devkit's VOCevaldet.m / VOCap.m),
+    with its thresholds np.arange(0., 1.1, 0.1) (MATLAB's 0:0.1:1), not decimal ones typed here."""
     if use_07:
         ap = 0.0
-        for t in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]:
+        for t in np.arange(0.0, 1.1, 0.1):
             p = [pr for r, pr in zip(rec, prec) if r >= t]
             ap += (max(p) if p else 0.0) / 11
         return ap
@@ -69,8 +70,10 @@ def test_voc_ap_matches_devkit_on_random_curves():
 def test_voc_ap_edge_cases():
     assert voc_ap(np.zeros(0), np.zeros(0), True) == 0.0
     assert voc_ap(np.zeros(0), np.zeros(0), False) == 0.0
-    # A recall of exactly 3/10 reaches the t = 0.3 point (thresholds are k/10, correctly rounded).
-    assert voc_ap(np.array([0.3]), np.array([1.0]), True) == pytest.approx(4 / 11)
+    # The released code's t = 0.3 is 0.30000000000000004: a recall of exactly 3/10 does not reach
+    # it (t = 0, 0.1, 0.2 count), while 0.4 reaches t = 0.4 (exact in np.arange).
+    assert voc_ap(np.array([0.3]), np.array([1.0]), True) == pytest.approx(3 / 11)
+    assert voc_ap(np.array([0.4]), np.array([1.0]), True) == pytest.approx(5 / 11)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,12 +92,6 @@ def stage_table(mode: str, cfg: Config, images: list[Tensor], targets: list[dict
     for make in STEPS[mode]:
         stage = make(nets, cfg)                                  # freezes / re-initialises, as `train` does
         trainable_ids = {id(p) for _, p in stage.params}
-        stage_targets = targets
-        if stage.proposal_source is not None:                    # stored proposals, as in training
-            stored = stage.proposal_source.proposals_for_images(images, cfg.alt_proposal_pre_nms_top_n or 10 ** 9,
-                                                                 cfg.alt_proposal_post_nms_top_n)
-            stage.proposal_source.train()
-            stage_targets = [dict(t, proposals=p) for t, p in zip(targets, stored)]
         used: set[str] = set()
         handles = []
         for net_name, net in nets.items():
@@ -106,6 +100,14 @@ def stage_table(mode: str, cfg: Config, images: list[Tensor], targets: list[dict
                 handles.append(getattr(net, part).register_forward_hook(
                     lambda module, inputs, output, key=key: used.add(key)))
         try:
+            stage_targets = targets
+            if stage.proposal_source is not None:
+                # Stored proposals, as in training: the proposing network runs (frozen) for this
+                # stage's data, once before it rather than at every step.
+                stored = stage.proposal_source.proposals_for_images(
+                    images, cfg.alt_proposal_pre_nms_top_n or 10 ** 9, cfg.alt_proposal_post_nms_top_n)
+                stage.proposal_source.train()
+                stage_targets = [dict(t, proposals=p) for t, p in zip(targets, stored)]
             losses = stage.loss(images, stage_targets)
             sum(losses.values()).backward()
         finally:
