@@ -10,6 +10,7 @@ examples (image ids with the error type and boxes) for the book to show.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def errors_command(args: argparse.Namespace) -> int:
     try:
         model, classes = load_model(args.model, device)
     except CheckpointError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     dataset = open_dataset(args.data, args.split, classes)
     if dataset is None:
