@@ -1,6 +1,8 @@
-"""Repository-wide pytest configuration: how nbval compares the book's notebooks.
+"""Repository-wide pytest configuration: how nbval runs and compares the book's notebooks.
 
-`pytest` runs the notebooks in `book/` with `--nbval-lax` (see `addopts` in pyproject.toml):
+`pytest` runs the notebooks in `book/` with `--nbval-lax --nbval-current-env`, switched on in
+`pytest_configure` below when nbval is installed (not in pyproject's `addopts`, so that
+`pytest tests/test_boxes.py` also works without nbval; `-p no:nbval` leaves the notebooks out):
 every cell is executed, and only cells tagged `nbval-check-output` (or marked
 `# NBVAL_CHECK_OUTPUT`) have their outputs compared with the outputs saved in the notebook.
 For those cells we compare what the teaching depends on (stdout and text results) and skip
@@ -25,3 +27,11 @@ def pytest_collectstart(collector):
     path = getattr(collector, "path", None)
     if path is not None and path.suffix == ".ipynb" and hasattr(collector, "skip_compare"):
         collector.skip_compare += tuple(k for k in SKIP_COMPARE if k not in collector.skip_compare)
+
+
+def pytest_configure(config):
+    """Run notebooks the lax way (only tagged cells' outputs compared) in the current environment's
+    kernel, when the nbval plugin is active and no strict `--nbval` was asked for."""
+    if config.pluginmanager.hasplugin("nbval") and not config.getoption("nbval", False):
+        config.option.nbval_lax = True
+        config.option.nbval_current_env = True

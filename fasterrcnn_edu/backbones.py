@@ -18,6 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from fasterrcnn_edu.checkpoint import CheckpointError, file_kind, load_weights, read_torch_file
+
 
 class Backbone(nn.Module):
     """Conv layers `body` with the facts the RPN and RoI pooling need: `stride`, `out_channels`."""
@@ -85,22 +87,30 @@ def vgg16_backbone(weights: str | Path | None = None) -> tuple[Backbone, nn.Sequ
     """
     vgg = torchvision.models.vgg16(weights=None)
     if weights is not None:
-        vgg.load_state_dict(load_state_dict(weights))
+        load_backbone_weights(vgg, weights, "torchvision's VGG-16 (vgg16-397923af.pth)")
     body = nn.Sequential(*list(vgg.features)[:-1])
     fc6_fc7 = nn.Sequential(*list(vgg.classifier)[:-1])   # fc6, ReLU, Dropout, fc7, ReLU, Dropout
     return Backbone(body, stride=16, out_channels=512), fc6_fc7
 
 
 def load_state_dict(path: str | Path) -> dict:
-    """Read a weights file safely (`weights_only=True`); a clear error names the file on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad files
-        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    """Read a backbone weights file safely (`weights_only=True`): a state dict name -> tensor, possibly
+    under "state_dict" (what `pretrain` writes). CheckpointError names the file and says what it holds
+    instead: a fasterrcnn_edu model or training checkpoint, something else, or corrupt bytes."""
+    state = read_torch_file(path, "weights file")
+    kind = file_kind(state)
+    if kind != "backbone":
+        what = {"model": "a fasterrcnn_edu model file: pass it as --model",
+                "training": "a fasterrcnn_edu training checkpoint: pass it as --resume or --model"}
+        raise CheckpointError(f"{path}: not backbone weights; it holds "
+                              + what.get(kind, "no state dict (a dict of name -> tensor)"))
+    return dict(state.get("state_dict", state))
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, what: str) -> None:
+    """Load the weights file `path` into `module` (a torchvision VGG-16 or one of our backbones),
+    checking every tensor's name, shape and values first; CheckpointError says which differ."""
+    load_weights(module, load_state_dict(path), path, what)
 
 
 def freeze_first_convs(backbone: Backbone, count: int) -> None:
@@ -121,7 +131,7 @@ def build_backbone(name: str, pooled_size: int, head_hidden: int, weights: str |
     elif name in ("zf", "small"):
         backbone = zf_backbone() if name == "zf" else small_backbone()
         if weights is not None:
-            backbone.load_state_dict(load_state_dict(weights))
+            load_backbone_weights(backbone, weights, f"the {name!r} backbone")
         head = BoxHead(_fc_head(backbone.out_channels * pooled_size**2, head_hidden, dropout=name == "zf"),
                        head_hidden)
     else:

@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "fasterrcnn_edu.lab.profiling",         # profile
     "fasterrcnn_edu.lab.bench",             # bench
     "fasterrcnn_edu.lab.side_by_side",      # side-by-side
+    "fasterrcnn_edu.lab.error_report",      # errors
+    "fasterrcnn_edu.lab.reproduce",         # reproduce
 )
 
 
@@ -36,8 +38,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, check every option (`options.check_arguments`), run the command.
+
+    A user's mistake never ends in a traceback: a bad option is one line `error: ...` and status 2;
+    a file that cannot be used (data, checkpoint, weights) or a run that had to stop is one line and
+    status 1; Ctrl-C is status 130.
+    """
+    from fasterrcnn_edu.checkpoint import CheckpointError
+    from fasterrcnn_edu.config import ConfigError
+    from fasterrcnn_edu.data.errors import DataError
+    from fasterrcnn_edu.options import UsageError, check_arguments
+    from fasterrcnn_edu.training import NonFiniteLossError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        check_arguments(args, args.command)
+        return int(args.func(args) or 0)
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, NonFiniteLossError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

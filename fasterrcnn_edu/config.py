@@ -9,6 +9,10 @@ py-faster-rcnn (lib/fast_rcnn/config.py, models/pascal_voc/*/faster_rcnn_alt_opt
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 # The Config fields that hold a StageSchedule, in training order.
@@ -193,6 +197,30 @@ class Config:
                 values[f.name] = tuple(values[f.name])
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a field of the wrong type or out of its range (ConfigError names the field).
+
+        Runs on every construction (presets, `replace`, `--set`, a checkpoint's config), so no
+        nonsense value reaches a model or a training run: wrong types, non-finite numbers,
+        unknown choices, IoU thresholds and fractions outside [0, 1], non-positive sizes,
+        counts and iterations.
+        """
+        hints = _type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise ConfigError(f.name, f"expected {_type_name(hints[f.name])}, got {value!r} "
+                                          f"({type(value).__name__})")
+            rule = _RULES.get(f.name)
+            if rule is not None and not rule[0](value):
+                raise ConfigError(f.name, f"must be {rule[1]}, got {value!r}")
+        for low, high in (("rpn_bg_iou", "rpn_fg_iou"), ("roi_bg_iou_low", "roi_bg_iou_high")):
+            if getattr(self, low) > getattr(self, high):
+                raise ConfigError(low, f"must not exceed {high} ({getattr(self, low)} > {getattr(self, high)})")
+
 
 PRESETS = {"paper": Config.paper, "book": Config.book}
 
@@ -202,3 +230,98 @@ def get_config(preset: str, **overrides) -> Config:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[preset](**overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of every field (`Config.validate`)
+# ---------------------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """A Config field with a wrong type or value; `field` is its name, the message says what is wrong."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        self.field = field_name
+        super().__init__(f"Config field {field_name}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.field, str(self).split(": ", 1)[1]))
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict:
+    """The evaluated annotations of `cls` (the module uses `from __future__ import annotations`)."""
+    return typing.get_type_hints(cls)
+
+
+def _has_type(value, hint) -> bool:
+    """isinstance for the annotations Config uses: int (not bool), float (int accepted, finite),
+    bool, str, X | None, tuple[T, ...] and classes such as StageSchedule."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:       # an int too large for a float (10**400) is not a finite number either
+        return (isinstance(value, float) and math.isfinite(value)) or (
+            isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**1023)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_has_type(v, item) for v in value)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return "a tuple of " + ("finite numbers" if item is float else _type_name(item))
+    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string",
+            type(None): "None"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _schedule_ok(s: StageSchedule) -> bool:
+    return (isinstance(s.iterations, int) and not isinstance(s.iterations, bool) and s.iterations > 0
+            and isinstance(s.lr, (int, float)) and not isinstance(s.lr, bool) and math.isfinite(s.lr) and s.lr > 0
+            and isinstance(s.lr_step, int) and not isinstance(s.lr_step, bool) and s.lr_step >= 0)
+
+
+def _one_of(*choices: str):
+    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+_UNIT = ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]")
+_POSITIVE = ((lambda v: v > 0), "> 0")
+_NON_NEGATIVE = ((lambda v: v >= 0), ">= 0")
+# Field -> (test, what it must be). Type and finiteness are checked for every field from its annotation.
+_RULES: dict[str, tuple] = {
+    "backbone": _one_of("vgg16", "zf", "small"),
+    "roi_pool": _one_of("max", "align"),
+    "rpn_cls_loss": _one_of("softmax", "sigmoid"),
+    "rpn_reg_normalization": _one_of("locations", "minibatch"),
+    "difficult": _one_of(*DIFFICULT_CHOICES),
+    "num_classes": ((lambda v: v >= 2), ">= 2 (the background and at least one class)"),
+    "momentum": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
+    "seed": ((lambda v: 0 <= v < 2**32), "in 0 .. 2**32 - 1"),
+    "image_mean": ((lambda v: len(v) == 3), "3 numbers (R, G, B)"),
+    "image_std": ((lambda v: len(v) == 3 and all(x > 0 for x in v)), "3 numbers > 0 (R, G, B)"),
+    "box_coder_std": ((lambda v: len(v) == 4 and all(x > 0 for x in v)), "4 numbers > 0"),
+    "anchor_scales": ((lambda v: len(v) > 0 and all(x > 0 for x in v)), "a non-empty tuple of numbers > 0"),
+    "anchor_ratios": ((lambda v: len(v) > 0 and all(x > 0 for x in v)), "a non-empty tuple of numbers > 0"),
+    **{name: (_schedule_ok, "a StageSchedule with iterations > 0, a finite lr > 0 and lr_step >= 0")
+       for name in STAGE_FIELDS},
+    **{name: _UNIT for name in (
+        "rpn_fg_iou", "rpn_bg_iou", "rpn_positive_fraction", "rpn_nms_thresh", "roi_positive_fraction",
+        "roi_fg_iou", "roi_bg_iou_low", "roi_bg_iou_high", "score_thresh", "det_nms_thresh")},
+    **{name: _POSITIVE for name in (
+        "min_size", "max_size", "size_divisible", "anchor_base_size", "rpn_channels", "rpn_batch_size",
+        "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
+        "rpn_post_nms_top_n_test", "roi_output_size", "roi_batch_size", "head_hidden", "detections_per_img",
+        "images_per_batch", "det_images_per_batch", "alt_proposal_post_nms_top_n")},
+    **{name: _NON_NEGATIVE for name in (
+        "frozen_layers", "rpn_lambda", "rpn_smooth_l1_beta", "rpn_min_size", "det_lambda", "det_smooth_l1_beta",
+        "weight_decay", "bias_lr_mult", "warmup_iterations", "alt_proposal_pre_nms_top_n")},
+}

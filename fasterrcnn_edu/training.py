@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_model
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
-from fasterrcnn_edu.transforms import hflip
+from fasterrcnn_edu.transforms import hflip, hflip_boxes
 
 MODES = ("alternating", "joint", "unshared")
 # Mixed precision: the `amp` names accepted by `train` (and the CLI's --amp) and their autocast dtypes.
@@ -73,11 +73,6 @@ def training_target(target: dict, difficult: str = "drop") -> dict:
     if difficult == "ignore":
         return {"boxes": boxes, "labels": labels, "ignore": hard}
     raise ValueError(f"unknown difficult handling {difficult!r}; choose 'drop', 'ignore' or 'train'")
-
-
-def mirror_boxes(boxes: Tensor, width: int) -> Tensor:
-    """Boxes (N, 4) of an image `width` pixels wide, as they are in its horizontal mirror image."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +114,7 @@ def load_batch(dataset, step: int, cfg: Config, stage_index: int, device, rank: 
             target = dict(target, boxes=boxes)
         if proposals is not None:
             stored = proposals[index]
-            target["proposals"] = mirror_boxes(stored, image.shape[-1]) if flipped else stored
+            target["proposals"] = hflip_boxes(stored, image.shape[-1]) if flipped else stored
         images.append(image.to(device, non_blocking=True))
         targets.append({k: v.to(device) for k, v in target.items()})
     return images, targets

@@ -34,11 +34,17 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return scale
 
 
+def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(round(H * scale), round(W * scale)), each at least 1 pixel: an extreme aspect ratio
+    (1×1000, 20000×4) would otherwise round its short side to 0 and leave nothing to detect on."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_image(image: Tensor, scale: float) -> Tensor:
-    """image: (3, H, W) -> (3, round(H * scale), round(W * scale)), bilinear. No-op at scale 1."""
+    """image: (3, H, W) -> (3, *resized_size(H, W, scale)), bilinear. No-op at scale 1."""
     if scale == 1.0:
         return image
-    size = (round(image.shape[-2] * scale), round(image.shape[-1] * scale))
+    size = resized_size(image.shape[-2], image.shape[-1], scale)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
@@ -49,11 +55,14 @@ def normalize(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) ->
     return (image - mean_t) / std_t
 
 
+def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """Boxes (N, 4) of an image `width` pixels wide, mirrored left-right: x1' = W - x2, x2' = W - x1."""
+    return torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
+
+
 def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """Mirror image: (3, H, W) and boxes: (N, 4) left-right: x1' = W - x2, x2' = W - x1."""
-    width = image.shape[-1]
-    flipped = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
-    return image.flip(-1), flipped
+    """Mirror image: (3, H, W) and boxes: (N, 4) left-right (`hflip_boxes`)."""
+    return image.flip(-1), hflip_boxes(boxes, image.shape[-1])
 
 
 def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor, Tensor]:

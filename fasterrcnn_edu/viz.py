@@ -5,8 +5,9 @@ figure is made when it is None) and return the Axes (or the Figure for multi-pan
 never call ``plt.show()``: the notebook displays the figure, scripts save it.
 
 One visual language throughout: class c always has colour ``tab10[c % 10]``; boxes are unfilled
-rectangles; detections are solid with a "name score" tag in a small filled box; ground truth
-is dashed. Box convention: (x1, y1, x2, y2) continuous pixel coordinates (pixel (i, j) covers
+rectangles; detections are solid, in their class colour, with a "name score" tag in a small
+filled box; ground truth is white and dashed with a black outline, never labelled
+(`draw_ground_truth`). Box convention: (x1, y1, x2, y2) continuous pixel coordinates (pixel (i, j) covers
 [j, j+1) x [i, i+1)), so boxes are drawn exactly at their coordinates over the image.
 """
 from __future__ import annotations
@@ -24,13 +25,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 __all__ = [
-    "class_color", "show_image", "draw_boxes", "plot_detections", "plot_anchors",
+    "class_color", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
     "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_proposals", "plot_nms_steps",
     "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
-    "plot_loss_curves", "plot_feature_map", "image_grid",
+    "plot_loss_curves", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
 ]
 
 GT_COLOR = "#00d5ff"          # ground truth when no class is known
+GT_STYLE_COLOR = "white"      # draw_ground_truth: every ground-truth box, dashed, outlined in black
 POSITIVE_COLOR = "tab:green"
 NEGATIVE_COLOR = "tab:red"
 SUPPRESSED_COLOR = "0.55"
@@ -160,18 +162,31 @@ def draw_boxes(ax: Axes, boxes, labels=None, scores=None, class_names: Sequence[
     return ax
 
 
+def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3) -> Axes:
+    """Ground-truth boxes in the book's one neutral style: white, dashed, with a thin black outline
+    (visible on light and dark backgrounds), no label: class colours belong to predictions."""
+    from matplotlib import patheffects
+
+    for x1, y1, x2, y2 in _np(boxes).reshape(-1, 4):
+        patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_STYLE_COLOR, linestyle="--",
+                          linewidth=linewidth)
+        patch.set_path_effects([patheffects.withStroke(linewidth=linewidth + 1.4, foreground="black", alpha=0.7)])
+        ax.add_patch(patch)
+    return ax
+
+
 def plot_detections(image, detections: Mapping, class_names: Sequence[str] | None = None,
                     score_threshold: float = 0.5, targets: Mapping | None = None,
                     ax: Axes | None = None, title: str | None = None) -> Axes:
-    """An image with its detections (solid, "name score") above `score_threshold`, and
-    optionally the ground truth `targets` (dict with boxes, labels) dashed.
+    """An image with its detections (solid, class colour, "name score") above `score_threshold`, and
+    optionally the ground truth `targets` (dict with boxes) in one neutral style, unlabelled
+    (`draw_ground_truth`), so that a missed object shows as a dashed box with no solid box on it.
 
     detections: dict with boxes (D, 4), labels (D,), scores (D,).
     """
     ax = show_image(image, ax=ax)
     if targets is not None:
-        draw_boxes(ax, targets["boxes"], labels=targets.get("labels"), class_names=class_names,
-                   linestyle="--", linewidth=1.2)
+        draw_ground_truth(ax, targets["boxes"])
     scores = _np(detections["scores"]).reshape(-1)
     keep = scores >= score_threshold
     draw_boxes(ax, _np(detections["boxes"]).reshape(-1, 4)[keep],
@@ -570,3 +585,183 @@ def plot_feature_map(features, channels: int = 8, ncols: int = 4, cmap: str = "v
             ax.set_title(f"channel {i}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures of the whole: the network and the RPN head, with shapes from a real forward pass
+# ----------------------------------------------------------------------------------------------
+def _shape(t) -> str:
+    return "×".join(str(int(s)) for s in t)
+
+
+@torch.no_grad()
+def network_shapes(model, image_size: tuple[int, int], seed: int = 0) -> dict[str, object]:
+    """Run `model` (eval mode) stage by stage on one random image of `image_size` (H, W) and record shapes.
+
+    Returns a dict of tensor shapes (tuples) and counts: "input", "resized" (after the transform:
+    rescaled and padded to the stride), "features", "rpn_hidden", "rpn_cls", "rpn_reg" (the head's
+    maps, channels first), "anchors", "proposals", "pooled", "head", "scores", "deltas",
+    "detections", plus "k", "stride", "backbone", "num_classes" (K + 1).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        device = next(model.parameters()).device
+        image = torch.rand(3, *image_size, generator=generator).to(device)
+        batch, _ = model.transform([image])
+        features = model.backbone(batch.tensors)
+        head = model.rpn.head
+        hidden = torch.relu(head.conv(features))
+        cls_map, reg_map = head.cls(hidden), head.reg(hidden)
+        proposals = model.propose(batch, features)
+        from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
+
+        rois = rois_with_batch_index(proposals)
+        pooled = pool_rois(features, rois, model.cfg.roi_output_size, model.roi_heads.spatial_scale,
+                           model.cfg.roi_pool)
+        fc = model.roi_heads.box_head(pooled)
+        scores, deltas = model.roi_heads.predictor(fc)
+        detections = model.roi_heads.postprocess(scores, deltas, proposals, batch.image_sizes)[0]
+    finally:
+        model.train(was_training)
+    k = model.cfg.num_anchors
+    return {
+        "input": (3, *image_size), "resized": tuple(batch.tensors.shape[1:]),
+        "features": tuple(features.shape[1:]), "rpn_hidden": tuple(hidden.shape[1:]),
+        "rpn_cls": tuple(cls_map.shape[1:]), "rpn_reg": tuple(reg_map.shape[1:]),
+        "anchors": features.shape[-2] * features.shape[-1] * k,
+        "proposals": tuple(proposals[0].shape), "pooled": tuple(pooled.shape), "head": tuple(fc.shape),
+        "scores": tuple(scores.shape), "deltas": tuple(deltas.flatten(1).shape),
+        "detections": tuple(detections["boxes"].shape), "k": k, "stride": model.backbone.stride,
+        "backbone": model.cfg.backbone, "num_classes": model.cfg.num_classes,
+    }
+
+
+_STAGE_COLORS = {"input": "0.92", "shared": "#cfe2f3", "rpn": "#fde9c9", "detector": "#d9ead3", "output": "0.92"}
+
+
+def _node(ax: Axes, x: float, y: float, title: str, detail: str, kind: str, width: float = 1.7,
+          height: float = 0.9) -> tuple[float, float, float, float]:
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.03,rounding_size=0.08",
+                                facecolor=_STAGE_COLORS[kind], edgecolor="0.3", linewidth=1.0))
+    ax.text(x, y + height * 0.17, title, ha="center", va="center", fontsize=8.5, fontweight="bold")
+    ax.text(x, y - height * 0.2, detail, ha="center", va="center", fontsize=7.5, family="monospace")
+    return x - width / 2, x + width / 2, y - height / 2, y + height / 2
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], text: str = "", connection: str = "arc3") -> None:
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.1,
+                                                          shrinkA=0, shrinkB=0, connectionstyle=connection))
+    if text:
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.08, text, ha="center", va="bottom", fontsize=7,
+                color="0.25")
+
+
+def plot_network(model, image_size: tuple[int, int], ax: Axes | None = None, title: str | None = None,
+                 shapes: Mapping | None = None) -> Axes:
+    """The whole Faster R-CNN as a block diagram, every tensor shape computed by running `model`.
+
+    backbone → shared feature map → RPN (3×3 conv, cls and reg 1×1 convs) → proposals (decode, clip,
+    NMS) → RoI pooling on the same feature map → fully connected head → class scores and
+    class-specific boxes → detections (per-class NMS). Shapes leave out the batch dimension;
+    R is the number of proposals of this image, D of detections. `shapes`: a precomputed
+    `network_shapes(model, image_size)`.
+    """
+    s = dict(shapes) if shapes is not None else network_shapes(model, image_size)
+    ax = _axes(ax, figsize=(16, 4.2))
+    k, stride, classes = s["k"], s["stride"], s["num_classes"]
+    w = 1.75
+    xs = [1.0 + 2.05 * i for i in range(8)]
+    main, upper = 0.0, 1.55
+    nodes = {
+        "image": _node(ax, xs[0], main, "image", f"{_shape(s['resized'])}\n(input {_shape(s['input'][1:])})", "input", w),
+        "backbone": _node(ax, xs[1], main, f"conv layers ({s['backbone']})", f"stride {stride}", "shared", w),
+        "features": _node(ax, xs[2], main, "shared feature map", _shape(s["features"]), "shared", w),
+        "rpn": _node(ax, xs[3], upper, "RPN: 3×3 conv + ReLU", _shape(s["rpn_hidden"]), "rpn", w),
+        "clsreg": _node(ax, xs[4], upper, "cls / reg: 1×1 convs", f"{_shape(s['rpn_cls'])}\n{_shape(s['rpn_reg'])}",
+                        "rpn", w),
+        "proposals": _node(ax, xs[5], upper, "proposals", f"{_shape(s['proposals'])} of {s['anchors']}\nanchors: decode, NMS",
+                           "rpn", w),
+        "pool": _node(ax, xs[5], main, "RoI pooling", _shape(s["pooled"]), "detector", w),
+        "head": _node(ax, xs[6], main, "fc layers", _shape(s["head"]), "detector", w),
+        "predict": _node(ax, xs[7], main, "cls_score / bbox_pred", f"{_shape(s['scores'])}\n{_shape(s['deltas'])}",
+                         "detector", w),
+    }
+    det = _node(ax, xs[7], upper, "detections", f"{_shape(s['detections'])} boxes\n+ classes, scores", "output", w)
+    right = lambda n: (nodes[n][1], (nodes[n][2] + nodes[n][3]) / 2)  # noqa: E731
+    left = lambda n: (nodes[n][0], (nodes[n][2] + nodes[n][3]) / 2)   # noqa: E731
+    _arrow(ax, right("image"), left("backbone"))
+    _arrow(ax, right("backbone"), left("features"))
+    _arrow(ax, (xs[2], nodes["features"][3]), left("rpn"), connection="angle,angleA=90,angleB=180,rad=0")
+    _arrow(ax, right("rpn"), left("clsreg"))
+    _arrow(ax, right("clsreg"), left("proposals"))
+    _arrow(ax, right("features"), left("pool"), "the same features")
+    _arrow(ax, (xs[5], nodes["proposals"][2]), (xs[5], nodes["pool"][3]))
+    _arrow(ax, right("pool"), left("head"))
+    _arrow(ax, right("head"), left("predict"))
+    _arrow(ax, (xs[7], nodes["predict"][3]), (xs[7], det[2]), "")
+    ax.text(xs[7] + 0.12, (nodes["predict"][3] + det[2]) / 2, "per-class\nNMS", fontsize=7, color="0.25", va="center")
+    handles = [Rectangle((0, 0), 1, 1, facecolor=_STAGE_COLORS[kind], edgecolor="0.3") for kind in ("shared", "rpn", "detector")]
+    ax.legend(handles, ["shared conv layers", f"Region Proposal Network (k = {k})", f"Fast R-CNN detector (K + 1 = {classes})"],
+              loc="upper left", fontsize=7.5, frameon=False, ncol=1, bbox_to_anchor=(0.0, 1.0))
+    ax.set_xlim(0, xs[-1] + 1.0)
+    ax.set_ylim(main - 0.7, upper + 0.7)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_rpn_head(model, image_size: tuple[int, int] | None = None, ax: Axes | None = None) -> Axes:
+    """The RPN head of `model` (paper Fig. 3, left): a 3×3 conv slid over the feature map, then two
+    sibling 1×1 convs, `cls` (2k channels: two scores per anchor) and `reg` (4k: tx, ty, tw, th per
+    anchor). Channel counts, map sizes and parameter counts come from the model itself, run on a
+    feature map of the size `image_size` (default: the config's min_size × max_size) gives."""
+    head = model.rpn.head
+    cfg = model.cfg
+    image_size = image_size or (cfg.min_size, cfg.max_size)
+    stride = model.backbone.stride
+    h, w = -(-image_size[0] // stride), -(-image_size[1] // stride)
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        features = torch.zeros(1, head.conv.in_channels, h, w, device=device)
+        hidden = torch.relu(head.conv(features))
+        cls_map, reg_map = head.cls(hidden), head.reg(hidden)
+    k, per_anchor = head.num_anchors, head.scores_per_anchor
+    count = lambda layer: sum(p.numel() for p in layer.parameters())  # noqa: E731
+    ax = _axes(ax, figsize=(12, 4.2))
+    # the feature map as a slab with one 3×3 window
+    ax.add_patch(Rectangle((0.2, 0.6), 2.4, 2.4, facecolor=_STAGE_COLORS["shared"], edgecolor="0.3"))
+    for i in range(1, 8):
+        ax.plot([0.2 + i * 0.3, 0.2 + i * 0.3], [0.6, 3.0], color="0.75", lw=0.5)
+        ax.plot([0.2, 2.6], [0.6 + i * 0.3, 0.6 + i * 0.3], color="0.75", lw=0.5)
+    ax.add_patch(Rectangle((1.1, 1.5), 0.9, 0.9, facecolor="none", edgecolor="tab:red", lw=2))
+    ax.text(1.4, 0.35, f"feature map\n{_shape(features.shape[1:])}", ha="center", va="top", fontsize=8, family="monospace")
+    ax.text(1.55, 2.5, "3×3 window", color="tab:red", fontsize=7.5, ha="center", va="bottom")
+    conv = _node(ax, 4.6, 1.8, "3×3 conv + ReLU",
+                 f"{head.conv.in_channels} → {head.conv.out_channels} ch.\n{_shape(hidden.shape[1:])}\n{count(head.conv):,} weights",
+                 "rpn", 2.3, 1.3)
+    cls = _node(ax, 8.0, 2.75, "cls: 1×1 conv",
+                f"{per_anchor}k = {cls_map.shape[1]} channels\n{_shape(cls_map.shape[1:])}\n{count(head.cls):,} weights",
+                "rpn", 2.5, 1.3)
+    reg = _node(ax, 8.0, 0.85, "reg: 1×1 conv",
+                f"4k = {reg_map.shape[1]} channels\n{_shape(reg_map.shape[1:])}\n{count(head.reg):,} weights",
+                "rpn", 2.5, 1.3)
+    _arrow(ax, (2.0, 1.95), (conv[0], 1.8))
+    _arrow(ax, (conv[1], 1.95), (cls[0], 2.75))
+    _arrow(ax, (conv[1], 1.65), (reg[0], 0.85))
+    score_words = "2 scores (not object, object)" if per_anchor == 2 else "1 objectness logit"
+    cls_channels = "channels 2a, 2a+1" if per_anchor == 2 else "channel a"
+    ax.text(9.45, 2.75, f"{cls_channels} → anchor a:\n{score_words}\nat each of the {h}×{w} positions",
+            fontsize=7.5, va="center")
+    ax.text(9.45, 0.85, "channels 4a … 4a+3 → anchor a:\n$t_x, t_y, t_w, t_h$ (Eq. 2)\n"
+            f"k = {k} anchors per position", fontsize=7.5, va="center")
+    ax.set_xlim(0, 12.2)
+    ax.set_ylim(-0.3, 3.6)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax

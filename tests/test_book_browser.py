@@ -3,13 +3,22 @@
 Uses the HTML in `_build/html` (`.ci/run` builds it first); if it is missing, the book is built here
 with `jupyter-book build . --all -W -n --keep-going`, which executes every notebook (minutes).
 The pages are served from a local `http.server` thread; every request that leaves 127.0.0.1 is
-blocked (MathJax, require.js and the widget manager come from CDNs, and the test machines have no
-network), so this checks what the build produced, not what a CDN adds at view time.
+blocked (require.js and the widget manager come from CDNs, and the test machines have no
+network), so this checks what the build produced, not what a CDN adds at view time. MathJax is
+part of the build (`sphinx-mathjax-offline` copies it to `_static/mathjax`), so math must render.
 
-For every page: the browser title is the page's own title; every image in the article has loaded
-(`naturalWidth > 0`); no cell output is an error (a traceback, or an exception printed to stderr);
-and a full-page screenshot is saved to `_build/screenshots/<page>.png` for a person to look at.
-Chapter pages (`book/NN_*`) must also show at least one figure.
+For every page: the browser title is the page's own title; every formula was typeset by MathJax
+(no raw `\(`, `\[`, `$$` or stray `$` left in the visible text, no MathJax error); every image in
+the article has loaded (`naturalWidth > 0`); no cell output is an error (a traceback, or an
+exception printed to stderr); and a full-page screenshot is saved to
+`_build/screenshots/<page>.png` for a person to look at. Chapter pages (`book/NN_*`) must also
+show at least one figure.
+
+`test_anchor_explorer_in_jupyterlab` follows the path a reader takes with a live kernel: it starts
+JupyterLab on 127.0.0.1 (a random free port, a random token) on a copy of chapter 2's notebook
+(`book/01_anchors.ipynb`, so the repository's file is never autosaved), runs all cells in headless
+Chromium, moves the "smallest (px)" slider of the anchor explorer and checks that its figure was
+redrawn and that no cell shows an error.
 
 Skipped, with the reason, only when Debian's `chromium` is not installed (`.ci/run` installs it).
 """
@@ -18,11 +27,16 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,6 +148,31 @@ _ERRORS_JS = """() => {
     };
 }"""
 
+# Runs in the page: wait for MathJax (served from _static/mathjax) to finish, then return every piece
+# of visible prose that still looks like TeX. Code, outputs and typeset math are skipped.
+_MATH_JS = r"""async () => {
+    const article = document.querySelector("article.bd-article") || document.body;
+    const hasMath = article.querySelector(".math, mjx-container") !== null;
+    if (hasMath) {
+        for (let i = 0; i < 200 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++)
+            await new Promise(r => setTimeout(r, 50));
+        if (!(window.MathJax && MathJax.startup && MathJax.startup.promise))
+            return {loaded: false, typeset: 0, raw: [], errors: []};
+        await MathJax.startup.promise;
+    }
+    const skip = "pre, code, script, style, mjx-container, .cell_output, .highlight, kbd, samp";
+    const walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+    const raw = [];
+    const tex = /\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\s][^$]*\$|(^|[^\\])\$/;
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        if (node.parentElement.closest(skip)) continue;
+        const text = node.textContent;
+        if (tex.test(text)) raw.push(text.trim().slice(0, 120));
+    }
+    return {loaded: true, typeset: article.querySelectorAll("mjx-container").length, raw: raw,
+            errors: Array.from(article.querySelectorAll("mjx-merror")).map(e => e.textContent)};
+}"""
+
 _EXCEPTION = re.compile(r"Traceback \(most recent call last\)|^\s*[A-Z]\w*(Error|Exception): ", re.MULTILINE)
 
 
@@ -151,6 +190,11 @@ def test_page_renders(site, browser, page):
         assert title in tab.title(), f"browser title {tab.title()!r} does not contain {title!r}"
         assert title in tab.locator("article.bd-article h1").first.inner_text()
 
+        math = tab.evaluate(_MATH_JS)
+        assert math["loaded"], f"{page}: MathJax did not load from _static/mathjax"
+        assert not math["raw"], f"{page}: formulas left as raw TeX: {math['raw'][:5]}"
+        assert not math["errors"], f"{page}: MathJax errors: {math['errors'][:5]}"
+
         images = tab.evaluate(_IMAGES_JS)
         broken = [img["src"] for img in images if img["width"] == 0]
         assert not broken, f"{page}: images that did not load: {broken}"
@@ -167,6 +211,129 @@ def test_page_renders(site, browser, page):
     finally:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(SCREENSHOTS / f"{Path(page).name}.png"), full_page=True)
+        context.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The interactive path: JupyterLab + a live kernel + one explorer slider
+# ---------------------------------------------------------------------------------------------
+EXPLORER_NOTEBOOK = "book/01_anchors.ipynb"
+EXPLORER_SLIDER = "smallest (px)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """(base URL, token, notebook path in the server) of a JupyterLab on 127.0.0.1 serving a copy of the book."""
+    root = tmp_path_factory.mktemp("lab")
+    (root / "book").mkdir()
+    # a copy without outputs, so that "every cell has run" can be read from the prompts
+    notebook = json.loads((ROOT / EXPLORER_NOTEBOOK).read_text(encoding="utf-8"))
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    notebook["metadata"].pop("widgets", None)
+    (root / EXPLORER_NOTEBOOK).write_text(json.dumps(notebook), encoding="utf-8")
+    # user settings: every cell stays in the page (no windowing), no news pop-up
+    settings = root / ".lab-settings"
+    for name, values in {"notebook-extension/tracker": {"windowingMode": "none"},
+                         "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}.items():
+        path = settings / "@jupyterlab" / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    (root / "data").symlink_to(ROOT / "data")          # the notebook reads ../data/shapes
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jupyter"), JUPYTER_RUNTIME_DIR=str(root / ".runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"),
+               OMP_WAIT_POLICY="PASSIVE")
+    log = open(root / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--ServerApp.open_browser=False", "--allow-root", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("JupyterLab did not start:\n" + (root / "jupyterlab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield base, token, EXPLORER_NOTEBOOK
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+_OUTPUT_ERRORS_JS = """() => Array.from(document.querySelectorAll(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], ' +
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]'))
+    .map(e => e.innerText).filter(t => /Traceback|Error|Exception/.test(t))"""
+
+_PROMPTS_JS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt'))
+    .map(e => e.innerText.trim())"""
+
+
+def test_anchor_explorer_in_jupyterlab(jupyterlab, browser):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    base, token, notebook = jupyterlab
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.route(re.compile(r"^(?!(http|ws)://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+    tab = context.new_page()
+    try:
+        tab.goto(f"{base}/lab/tree/{notebook}?token={token}", wait_until="load", timeout=90_000)
+        tab.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=90_000)
+        # JupyterLab may ask which kernel to start: take the preselected one (this environment's python3)
+        try:
+            tab.locator(".jp-Dialog .jp-mod-accept").click(timeout=10_000)
+        except PlaywrightTimeout:
+            pass
+        tab.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=90_000)
+        tab.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        tab.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        # every code cell has run when every prompt is a number: "[12]:" (running cells show "[*]:")
+        tab.wait_for_function(f"""() => {{ const p = ({_PROMPTS_JS})();
+                                           return p.length > 0 && p.every(t => /\[\d+\]/.test(t)); }}""",
+                              timeout=240_000, polling=500)
+        errors = tab.evaluate(_OUTPUT_ERRORS_JS)
+        assert not errors, f"errors after running {notebook}: {[e[:300] for e in errors]}"
+
+        slider = tab.locator(".widget-slider", has=tab.locator(".widget-label", has_text=EXPLORER_SLIDER)).first
+        slider.scroll_into_view_if_needed(timeout=30_000)
+        explorer = tab.locator(".widget-interact", has=slider).first
+        image = explorer.locator(".jp-OutputArea-output img").first
+        image.wait_for(timeout=60_000)
+        before = image.get_attribute("src")
+        readout = slider.locator(".widget-readout")
+        old_value = readout.inner_text().strip()
+        readout.click()
+        tab.keyboard.press("Control+A")
+        tab.keyboard.type("64")
+        tab.keyboard.press("Enter")
+        tab.wait_for_function("""([el, before]) => { const img = el.querySelector('.jp-OutputArea-output img');
+                                                     return img && img.getAttribute('src') !== before && img.naturalWidth > 0; }""",
+                              arg=[explorer.element_handle(), before], timeout=60_000, polling=250)
+        assert readout.inner_text().strip() == "64" != old_value
+        errors = tab.evaluate(_OUTPUT_ERRORS_JS)
+        assert not errors, f"errors after moving the slider: {[e[:300] for e in errors]}"
+    finally:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(SCREENSHOTS / "jupyterlab_anchor_explorer.png"))
         context.close()
 
 

@@ -36,7 +36,7 @@ def test_train_then_eval_then_detect(tiny_shapes, tmp_path, capsys):
     assert main(["detect", str(image), "--model", str(run / "model.pt"), "--out", str(tmp_path / "det"),
                  "--device", "cpu"]) == 0
     assert (tmp_path / "det" / f"{image.stem}.png").is_file()
-    assert str(image) in json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert str(image) in json.loads((tmp_path / "det" / "detections.json").read_text())["images"]
 
 
 def test_eval_under_bf16_autocast_is_close_to_fp32(tmp_path):
@@ -61,7 +61,8 @@ def test_detect_names_an_unreadable_image_and_still_writes_the_others(tmp_path, 
                  "--device", "cpu"])
     assert code == 1
     assert "broken.jpg" in capsys.readouterr().err
-    assert list(json.loads((tmp_path / "det" / "detections.json").read_text())) == [str(good)]
+    report = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert list(report["images"]) == [str(good)] and list(report["errors"]) == [str(bad)]
 
 
 @pytest.mark.parametrize("command", ["eval", "detect"])
@@ -76,3 +77,31 @@ def test_missing_model_file_is_a_clear_error(command, tmp_path, capsys):
 def test_train_rejects_an_unknown_config_field(tiny_shapes, tmp_path, capsys):
     assert main(["train", "--data", str(tiny_shapes), "--set", "no_such_field=1", "--out", str(tmp_path)]) == 2
     assert "no_such_field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    ["lambda-sweep", "--data", "{missing}"],
+    ["profile", "--data", "{missing}"],
+    ["ablation", "recall", "--data", "{missing}"],
+    ["errors", "--data", "{missing}"],
+    ["eval", "--data", "{missing}"],
+    ["train", "--data", "{missing}"],
+    ["eval", "--model", "{missing}/model.pt"],
+    ["check-data", "{missing}"],
+])
+def test_a_missing_file_or_folder_is_one_line_in_every_command(args, tmp_path, capsys):
+    """Errors of the data and checkpoint layers reach the user as one line (cli.main), whatever the command."""
+    args = [a.format(missing=tmp_path / "nowhere") for a in args]
+    out = ["--out", str(tmp_path / ("out.json" if args[0] in ("lambda-sweep", "profile", "ablation", "errors")
+                                     else "out"))]
+    assert main(args + (out if args[0] != "check-data" else [])) == 1
+    captured = capsys.readouterr()
+    assert "nowhere" in captured.err + captured.out and "Traceback" not in captured.err
+
+
+def test_interrupt_is_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("fasterrcnn_edu.data.commands.check_data", interrupted)
+    assert main(["check-data", str(SHAPES)]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

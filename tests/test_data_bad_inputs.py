@@ -3,6 +3,7 @@ lost silently and never a raw traceback from a parser."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import warnings
 
@@ -29,6 +30,8 @@ def make_voc(root, annotations: dict, image_sizes: dict | None = None, split=Non
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     for image_id, xml in annotations.items():
+        # voc_xml's default <filename> stands for "this id's image"
+        xml = xml.replace("<filename>x.jpg</filename>", f"<filename>{image_id}.jpg</filename>")
         (root / "Annotations" / f"{image_id}.xml").write_text(xml)
     sizes = image_sizes if image_sizes is not None else {image_id: (64, 48) for image_id in annotations}
     for image_id, (w, h) in sizes.items():
@@ -333,3 +336,185 @@ def test_coco_degenerate_box_dropped(tmp_path):
     with pytest.warns(DataWarning, match="boxes_clipped=1.*boxes_dropped_degenerate=1"):
         ds = CocoDataset(*_coco(tmp_path, data))
     assert ds.get_target(0)["boxes"].tolist() == [[60, 2, 64, 6]]
+
+
+# --- text files and names (issue 13) -------------------------------------------------------
+
+SPLIT = "ImageSets/Main/train.txt"
+
+
+@pytest.mark.parametrize("encoded", [
+    "a\nb\n".encode("utf-8-sig"),                 # UTF-8 with a byte-order mark: stripped
+    "a\r\nb\r\n".encode("utf-8"),                # Windows line ends
+    "a\nb\n".encode("utf-16"),                   # UTF-16 with its BOM: decoded
+    "a\nb\n".encode("utf-32"),
+])
+def test_split_file_encodings_that_are_read(tmp_path, encoded):
+    make_voc(tmp_path, {"a": GOOD, "b": GOOD})
+    (tmp_path / SPLIT).write_bytes(encoded)
+    assert VOCDataset(tmp_path).ids == ["a", "b"]
+
+
+@pytest.mark.parametrize("encoded, problem", [
+    ("a\ncaf\u00e9\n".encode("latin-1"), r"train\.txt \(line 2\): split file is not UTF-8 text \(byte 0xe9"),
+    ("a\nb\n".encode("utf-16-le"), r"train\.txt: split file contains NUL bytes \(UTF-16 without a byte-order mark"),
+])
+def test_split_file_encodings_that_are_named(tmp_path, encoded, problem):
+    make_voc(tmp_path, {"a": GOOD, "b": GOOD})
+    (tmp_path / SPLIT).write_bytes(encoded)
+    with pytest.raises(DataError, match=problem):
+        VOCDataset(tmp_path)
+    assert len(check_dataset(tmp_path).errors) == 1
+
+
+@pytest.mark.parametrize("encoded, classes", [
+    ("dog\ncat\n".encode("utf-8-sig"), ("dog", "cat")),
+    ("dog\r\ncat\r\n".encode("utf-16"), ("dog", "cat")),
+])
+def test_classes_file_with_a_bom(tmp_path, encoded, classes):
+    make_voc(tmp_path, {"a": GOOD})
+    (tmp_path / "classes.txt").write_bytes(encoded)
+    assert VOCDataset(tmp_path).classes == classes
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: p.mkdir(), "class list is a folder"),
+    (lambda p: p.symlink_to(p.parent / "nowhere.txt"), "class list is a broken link"),
+    (lambda p: os.mkfifo(p), "class list is not a regular file"),
+    (lambda p: p.write_bytes("dog\nc\u00e4t\n".encode("latin-1")), "class list is not UTF-8"),
+    (lambda p: p.write_text("\n\n"), "the class list is empty"),
+])
+def test_classes_file_that_is_not_a_usable_text_file(tmp_path, make, problem):
+    if make.__code__.co_names == ("mkfifo",) and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    make_voc(tmp_path, {"a": GOOD}, classes=None)
+    make(tmp_path / "classes.txt")
+    with pytest.raises(DataError, match=rf"classes\.txt( \(line \d\))?: {problem}"):
+        VOCDataset(tmp_path)
+    report = check_dataset(tmp_path)
+    assert len(report.errors) == 1 and "classes.txt" in report.errors[0]
+
+
+@pytest.mark.parametrize("split, problem", [
+    (["a", "x" * 252], r"\(line 2\): image id is 252 bytes long, more than 251"),
+    (["a", "\u00e9" * 126], r"\(line 2\): image id is 252 bytes long"),
+    (["a", "b\u200bc"], r"\(line 2\): image id .* contains the invisible or control character U\+200B \(ZERO WIDTH"),
+    (["a", "b\u202ec"], r"U\+202E"),
+    (["caf\u00e9", "cafe\u0301"], r"\(lines 1 and 2\): image ids .* look identical .*U\+0301 COMBINING ACUTE"),
+    (["dog1", "d\u043eg1"], r"\(lines 1 and 2\): image ids 'dog1' and 'd.g1' look identical but differ in .*U\+043E"),
+    (["x1", "\uff58\uff11"], r"look identical"),                        # fullwidth letters
+    ([], r"the split lists no image ids"),
+    (["", "  "], r"the split lists no image ids"),
+])
+def test_split_ids_that_are_refused(tmp_path, split, problem):
+    make_voc(tmp_path, {"a": GOOD}, split=split)
+    with pytest.raises(DataError, match=r"train\.txt.*" + problem):
+        VOCDataset(tmp_path)
+    assert len(check_dataset(tmp_path).errors) == 1
+
+
+@pytest.mark.parametrize("classes, problem", [
+    (("dog", "d\u043eg"), r"class names 'dog' and 'd.g' look identical but differ in .*U\+043E CYRILLIC"),
+    (("caf\u00e9", "cafe\u0301"), r"look identical"),
+    (("dog", "c\u200dat"), r"contains the invisible or control character U\+200D"),
+    (("dog", "x" * 300), r"class name is 300 bytes long"),
+])
+def test_class_names_that_are_refused(tmp_path, classes, problem):
+    make_voc(tmp_path, {"a": GOOD}, classes=classes)
+    with pytest.raises(DataError, match=r"classes\.txt: .*" + problem):
+        VOCDataset(tmp_path)
+
+
+def test_an_object_named_with_a_look_alike_says_so(tmp_path):
+    make_voc(tmp_path, {"a": voc_xml([("d\u043eg", (1, 1, 5, 5))])})
+    with pytest.raises(DataError, match=r"unknown class 'd.g' \(it looks like 'dog' but differs in .*U\+043E"):
+        VOCDataset(tmp_path)
+
+
+@pytest.mark.parametrize("filename, ok", [("a.jpg", True), ("a.JPG", True), ("a.png", True), ("a", True),
+                                          ("C:\\\\images\\\\a.jpg", True), ("b.jpg", False), ("aa.jpg", False)])
+def test_annotation_filename_must_match_its_id(tmp_path, filename, ok):
+    make_voc(tmp_path, {"a": GOOD.replace("<filename>x.jpg</filename>", f"<filename>{filename}</filename>")})
+    if ok:
+        assert len(VOCDataset(tmp_path)) == 1
+    else:
+        with pytest.raises(DataError, match=rf"a\.xml: <filename> '{filename}' does not match the annotation's id 'a'"):
+            VOCDataset(tmp_path)
+
+
+@pytest.mark.parametrize("xml, problem", [
+    (voc_xml([("dog", (1, 1, 1e300, 10))]), r"<xmax> is 1e\+300, beyond any image"),
+    (voc_xml([("dog", (1, 1, 10, 10))]).replace("<difficult>0</difficult>", "<difficult>2</difficult>"),
+     r"<difficult> must be 0 or 1, got '2'"),
+    (voc_xml([("dog", (1, 1, 10, 10))]).replace("<difficult>0</difficult>", "<difficult>0.5</difficult>"),
+     r"<difficult> must be 0 or 1"),
+    (voc_xml([("dog", (1, 1, 10, 10))], size=(10**7, 48)), r"<width> is 10000000, beyond any image"),
+])
+def test_annotation_numbers_out_of_any_range(tmp_path, xml, problem):
+    make_voc(tmp_path, {"a": xml})
+    with pytest.raises(DataError, match=r"a\.xml.*" + problem):
+        VOCDataset(tmp_path)
+
+
+def test_split_name_cannot_be_a_path(tmp_path):
+    make_voc(tmp_path, {"a": GOOD})
+    with pytest.raises(DataError, match="split name '../../x' is not a file name"):
+        VOCDataset(tmp_path, "../../x")
+
+
+def test_check_data_collects_the_new_problems_instead_of_stopping(tmp_path, capsys):
+    make_voc(tmp_path, {"good": GOOD,
+                        "badname": GOOD.replace("<filename>x.jpg</filename>", "<filename>other.jpg</filename>"),
+                        "flag": GOOD.replace("<difficult>0</difficult>", "<difficult>7</difficult>")})
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_bytes("good\ncaf\u00e9\n".encode("latin-1"))
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("")
+    report = check_dataset(tmp_path)
+    assert report.images == 1 and len(report.errors) == 4, report.errors
+    for expected in ("badname.xml", "flag.xml", "val.txt", "test.txt"):
+        assert sum(expected in e for e in report.errors) == 1, expected
+    assert cli.main(["check-data", str(tmp_path)]) == 1
+
+
+def test_eval_of_a_split_without_ids_is_an_error_not_nan(tmp_path, capsys):
+    make_voc(tmp_path, {"a": GOOD}, split=[])
+    assert cli.main(["eval", "--data", str(tmp_path), "--split", "train", "--out", str(tmp_path / "e")]) == 1
+    assert "the split lists no image ids" in capsys.readouterr().err and not (tmp_path / "e" / "metrics.json").exists()
+
+
+# --- COCO JSON, hostile (issue 13) ------------------------------------------------------------
+
+@pytest.mark.parametrize("data, pattern", [
+    (_coco_data(images=[{"id": [1], "file_name": "x.jpg", "width": 64, "height": 48}]),
+     r"\(images\[0\]\): 'id' must be an integer or a non-empty string, got \[1\]"),
+    (_coco_data(images=[{"id": 1, "file_name": "x.jpg", "width": "64", "height": 48}]), r"'width' must be a whole number"),
+    (_coco_data(images=[{"id": 1, "file_name": "x.jpg", "width": 64, "height": 1e300}]), r"'height' must be a whole number"),
+    (_coco_data(images=[{"id": 1, "file_name": 7, "width": 64, "height": 48}]), r"'file_name' must be a non-empty string"),
+    (_coco_data(images=[{"id": 1, "file_name": "y" * 300 + ".jpg", "width": 64, "height": 48}]), r"more than 255 bytes"),
+    (_coco_data(images=[]), r"'images' is empty"),
+    (_coco_data(categories=[{"id": "1", "name": "dog"}]), r"\(categories\[0\]\): 'id' must be an integer"),
+    (_coco_data(categories=[{"id": True, "name": "dog"}]), r"'id' must be an integer, got True"),
+    (_coco_data(categories=[{"id": 1, "name": 5}]), r"'name' must be a non-empty string"),
+    (_coco_data(categories=[{"id": 1, "name": "dog"}, {"id": 2, "name": "d\u043eg"}]), r"look identical"),
+    (_coco_data(annotations=[{"image_id": {"a": 1}, "category_id": 1, "bbox": [1, 2, 3, 4]}]), r"'image_id' must be"),
+    (_coco_data(annotations=[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 2}]),
+     r"\(annotations\[0\]\): 'iscrowd' must be 0 or 1, got 2"),
+    (_coco_data(annotations=[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": "yes"}]), r"'iscrowd'"),
+    (_coco_data(annotations=[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 1e300, 4]}]), r"beyond any image"),
+    (_coco_data(annotations=[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 10**400, 4]}]), r"beyond any image"),
+    (_coco_data(annotations=[{"image_id": 1, "category_id": 1, "bbox": [1, 2, True, 4]}]), r"non-numeric"),
+    (_coco_data(annotations=[{"image_id": 1, "category_id": 1}]), r"missing key\(s\) \['bbox'\]"),
+    ('{"images": ' + "[" * 100000 + "]" * 100000 + "}", r"nested too deeply"),
+    ('{"images": [], "n": ' + "9" * 5000 + "}", r"malformed JSON"),
+    ("\ufeff" + json.dumps(_coco_data(images=[])), r"'images' is empty"),     # a BOM is skipped
+])
+def test_hostile_coco_json(tmp_path, data, pattern):
+    image_dir, path = _coco(tmp_path, data)
+    with pytest.raises(DataError, match=pattern) as info:
+        CocoDataset(image_dir, path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_coco_annotation_file_that_is_a_folder(tmp_path):
+    (tmp_path / "ann.json").mkdir()
+    with pytest.raises(DataError, match=r"ann\.json: annotation file is not a regular file"):
+        CocoDataset(tmp_path, tmp_path / "ann.json")

@@ -18,7 +18,8 @@ from fasterrcnn_edu.labeling import IGNORED, NEGATIVE, POSITIVE, label_anchors
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.roi_heads import FastRCNNPredictor, sample_rois
 from fasterrcnn_edu.rpn import RPNHead
-from fasterrcnn_edu.training import (StageLoss, build_networks, load_batch, mirror_boxes, parameter_groups,
+from fasterrcnn_edu.transforms import hflip_boxes
+from fasterrcnn_edu.training import (StageLoss, build_networks, load_batch, parameter_groups,
                                      step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen, train,
                                      trainable, training_target)
 
@@ -201,7 +202,7 @@ def test_stored_proposals_are_mirrored_with_their_image_and_used_instead_of_the_
         for image, target in zip(images, targets):
             flipped = not any(torch.equal(image, data[i][0]) for i in range(len(data)))
             flips.append(flipped)
-            expected = mirror_boxes(stored[0], 128) if flipped else stored[0]
+            expected = hflip_boxes(stored[0], 128) if flipped else stored[0]
             assert torch.equal(target["proposals"], expected)
     assert any(flips) and not all(flips)
     model = FasterRCNN(cfg).train()

@@ -168,3 +168,26 @@ def test_feature_map_and_image_grid():
     fig, axes = viz.image_grid([IMAGE, IMAGE, IMAGE.numpy().transpose(1, 2, 0)], titles=["a", "b", "c"], ncols=2)
     assert isinstance(fig, Figure) and len(axes) == 4
     assert [a.get_title() for a in axes[:3]] == ["a", "b", "c"] and not axes[3].axison
+
+
+def test_network_shapes_and_diagrams_come_from_the_model():
+    from fasterrcnn_edu import Config, FasterRCNN
+
+    torch.manual_seed(0)
+    model = FasterRCNN(Config.book())
+    shapes = viz.network_shapes(model, (256, 320))
+    assert shapes["features"] == (128, 16, 20)
+    assert shapes["rpn_cls"] == (18, 16, 20) and shapes["rpn_reg"] == (36, 16, 20)
+    assert shapes["anchors"] == 16 * 20 * 9
+    proposals = shapes["proposals"][0]
+    assert 0 < proposals <= 300 and shapes["pooled"] == (proposals, 128, 7, 7)
+    assert shapes["scores"] == (proposals, 7) and shapes["deltas"] == (proposals, 24)
+    assert model.training                              # the model's mode is restored
+
+    ax = viz.plot_network(model, (256, 320), shapes=shapes)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "128×16×20" in texts and "18×16×20" in texts and f"{proposals}×128×7×7" in texts
+
+    ax = viz.plot_rpn_head(model)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "2k = 18 channels" in texts and "4k = 36 channels" in texts and "128 → 128 ch." in texts

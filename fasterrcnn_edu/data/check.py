@@ -129,3 +129,18 @@ def check_dataset(root: str | os.PathLike, splits: list[str] | None = None) -> C
     if annotations.is_dir():
         report.unlisted = sum(1 for p in annotations.glob("*.xml") if p.stem not in first_listed_in)
     return report
+
+
+def unreadable_images(dataset, indices=None) -> dict[int, str]:
+    """{index: DataError message} for the images of `dataset` (a `DetectionDataset`) that cannot be
+    decoded; `indices` limits the check. Decodes each image once: a truncated file only fails there.
+
+    `eval` evaluates the others and lists these; `train` refuses to start with any.
+    """
+    bad = {}
+    for i in range(len(dataset)) if indices is None else indices:
+        try:
+            load_image(dataset.records[i].image_path)
+        except DataError as e:
+            bad[i] = str(e)
+    return bad

@@ -23,10 +23,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from fasterrcnn_edu.data.dataset import DetectionDataset, RepairLog, Transform, make_record
+from fasterrcnn_edu.data.dataset import MAX_COORDINATE, DetectionDataset, RepairLog, Transform, make_record
 from fasterrcnn_edu.data.errors import DataError
 from fasterrcnn_edu.data.images import image_size
+from fasterrcnn_edu.data.text import MAX_NAME_BYTES, is_regular_file
 from fasterrcnn_edu.data.voc import check_classes
+
+MAX_JSON_BYTES = 2 * 2**30     # COCO 2017 train is ~450 MiB
 
 
 class CocoDataset(DetectionDataset):
@@ -48,7 +51,7 @@ class CocoDataset(DetectionDataset):
         self.annotation_json = path = Path(annotation_json).expanduser()
         data = _read_json(path)
 
-        categories = sorted(_entries(path, data, "categories", ("id", "name")), key=lambda c: c["id"])
+        categories = sorted(_entries(path, data, "categories", {"id": _INTEGER, "name": _NAME}), key=lambda c: c["id"])
         category_ids = [c["id"] for c in categories]
         if len(set(category_ids)) != len(category_ids):
             raise DataError(path, f"category ids are not unique: {category_ids}")
@@ -59,7 +62,9 @@ class CocoDataset(DetectionDataset):
         label_of = {cat_id: k for k, cat_id in enumerate(category_ids, start=1)}
         self.category_ids = category_ids
 
-        images = _entries(path, data, "images", ("id", "file_name", "width", "height"))
+        images = _entries(path, data, "images", {"id": _IMAGE_ID, "file_name": _NAME, "width": _SIZE, "height": _SIZE})
+        if not images:
+            raise DataError(path, "'images' is empty: there is nothing to train on or evaluate")
         image_index = {}
         for i, entry in enumerate(images):
             if entry["id"] in image_index:
@@ -67,7 +72,9 @@ class CocoDataset(DetectionDataset):
             image_index[entry["id"]] = i
 
         objects_of = defaultdict(list)  # image id -> [(box, label, difficult, truncated)]
-        for i, ann in enumerate(_entries(path, data, "annotations", ("image_id", "category_id", "bbox"))):
+        annotations = _entries(path, data, "annotations", {"image_id": _IMAGE_ID, "category_id": _INTEGER, "bbox": _LIST,
+                                                            "iscrowd": _FLAG, "truncated": _FLAG})
+        for i, ann in enumerate(annotations):
             where = f"annotations[{i}]" + (f" (id {ann['id']})" if "id" in ann else "")
             if ann["image_id"] not in image_index:
                 raise DataError(path, f"image_id {ann['image_id']!r} is not in 'images'", where)
@@ -98,45 +105,78 @@ class CocoDataset(DetectionDataset):
 
 
 def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise DataError(path, "annotation file not found")
+    if not is_regular_file(path):
+        raise DataError(path, "annotation file is not a regular file (a folder or a device)")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise DataError(path, f"annotation file is larger than {MAX_JSON_BYTES // 2**30} GiB")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:       # -sig: a byte-order mark is skipped
             data = json.load(f)
-    except FileNotFoundError:
-        raise DataError(path, "annotation file not found") from None
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON: {e.msg}", f"line {e.lineno}, column {e.colno}") from None
     except UnicodeDecodeError as e:
         raise DataError(path, f"not UTF-8 text ({e})") from None
+    except RecursionError:
+        raise DataError(path, "JSON nested too deeply to be a COCO annotation file") from None
+    except ValueError as e:   # e.g. an integer of more than 4300 digits
+        raise DataError(path, f"malformed JSON: {e}") from None
     if not isinstance(data, dict):
         raise DataError(path, f"expected a JSON object at the top, got {type(data).__name__}")
     return data
 
 
-def _entries(path: Path, data: dict, key: str, required: tuple[str, ...]) -> list[dict]:
-    """data[key], checked to be a list of objects that have all the `required` keys."""
+def _is_number(v) -> bool:
+    # abs(v) <= MAX first: it also refuses NaN and inf, and compares a 400-digit int without converting it.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_COORDINATE
+
+
+# Field checks of `_entries`: (test, what the value must be).
+_INTEGER = (lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63, "an integer")
+_IMAGE_ID = (lambda v: _INTEGER[0](v) or (isinstance(v, str) and 0 < len(v) <= MAX_NAME_BYTES),
+             "an integer or a non-empty string")
+_NAME = (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+_SIZE = (lambda v: _is_number(v) and v > 0 and float(v).is_integer(), f"a whole number of pixels in 1..{MAX_COORDINATE:g}")
+_LIST = (lambda v: isinstance(v, list), "a list [x, y, width, height]")
+_FLAG = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v in (0, 1)), "0 or 1")
+
+
+def _entries(path: Path, data: dict, key: str, fields: dict[str, tuple]) -> list[dict]:
+    """data[key], checked to be a list of objects whose `fields` pass their tests.
+
+    fields: name -> (test, description); a field whose test accepts None is optional.
+    """
     entries = data.get(key)
     if not isinstance(entries, list):
         raise DataError(path, f"missing or malformed top-level list {key!r}")
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise DataError(path, "expected a JSON object", f"{key}[{i}]")
-        missing = [k for k in required if k not in entry]
+        missing = [k for k, (test, _) in fields.items() if k not in entry and not test(None)]
         if missing:
             raise DataError(path, f"missing key(s) {missing}", f"{key}[{i}]")
+        for name, (test, what) in fields.items():
+            if name in entry and not test(entry[name]):
+                raise DataError(path, f"{name!r} must be {what}, got {_short(entry[name])}", f"{key}[{i}]")
     return entries
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _bbox(path: Path, bbox, where: str) -> tuple[float, float, float, float]:
-    """A COCO bbox [x, y, w, h] as four finite floats, or DataError."""
+    """A COCO bbox [x, y, w, h] as four finite floats of at most MAX_COORDINATE, or DataError."""
     if not isinstance(bbox, list) or len(bbox) != 4:
-        raise DataError(path, f"bbox must be a list [x, y, width, height], got {bbox!r}", where)
-    try:
-        values = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        raise DataError(path, f"bbox has a non-numeric value: {bbox!r}", where) from None
-    if not all(math.isfinite(v) for v in values) or any(isinstance(v, bool) for v in bbox):
-        raise DataError(path, f"bbox has a non-finite or non-numeric value: {bbox!r}", where)
-    return tuple(values)
+        raise DataError(path, f"bbox must be a list [x, y, width, height], got {_short(bbox)}", where)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        raise DataError(path, f"bbox has a non-numeric value: {_short(bbox)}", where)
+    if not all(_is_number(v) for v in bbox):
+        raise DataError(path, f"bbox has a non-finite value or one beyond any image (|v| > {MAX_COORDINATE:g}): "
+                              f"{_short(bbox)}", where)
+    return tuple(float(v) for v in bbox)
 
 
 def _relative_file_name(path: Path, file_name, where: str) -> Path:
@@ -146,6 +186,9 @@ def _relative_file_name(path: Path, file_name, where: str) -> Path:
     parts = PurePosixPath(file_name.replace("\\", "/"))
     if parts.is_absolute() or ".." in parts.parts or ":" in file_name:
         raise DataError(path, f"file_name {file_name!r} points outside the image folder", where)
+    long = [part for part in parts.parts if len(part.encode("utf-8", "surrogatepass")) > 255]
+    if long:
+        raise DataError(path, f"file_name has a part of more than 255 bytes: {long[0][:40]!r}...", where)
     return Path(*parts.parts)
 
 

@@ -50,10 +50,9 @@ def register(subparsers, formatter_class) -> None:
 
 def make_data(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.data.synthetic import generate_dataset
+    from fasterrcnn_edu.options import prepare_output
 
-    if not 1 <= args.jpeg_quality <= 95:
-        print(f"error: --jpeg-quality must be in 1..95, got {args.jpeg_quality}", file=sys.stderr)
-        return 2
+    prepare_output(args.root, "dir", option="ROOT")      # --jpeg-quality etc.: options.check_arguments
     try:
         stats = generate_dataset(args.root, seed=args.seed, num_trainval=args.num_trainval,
                                  num_test=args.num_test, image_size=tuple(args.image_size),

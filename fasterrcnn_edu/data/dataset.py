@@ -35,6 +35,9 @@ Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
 # Counts in `ds.report` that mean the annotations were changed; any of them triggers a warning.
 REPAIRS = ("boxes_clipped", "boxes_dropped_degenerate", "size_mismatch")
+# No image side reaches this (Pillow refuses images of more than ~179 megapixels): a coordinate or
+# size beyond it is a broken or hostile annotation, refused rather than clipped.
+MAX_COORDINATE = 1e6
 
 
 @dataclass

@@ -45,9 +45,12 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 import numpy as np
 
-from fasterrcnn_edu.data.dataset import DetectionDataset, ImageRecord, RepairLog, Transform, make_record
+from fasterrcnn_edu.data.dataset import (MAX_COORDINATE, DetectionDataset, ImageRecord, RepairLog, Transform,
+                                          make_record)
 from fasterrcnn_edu.data.errors import DataError
 from fasterrcnn_edu.data.images import image_size
+from fasterrcnn_edu.data.text import (check_name, describe_difference, find_lookalikes, is_regular_file,
+                                      lookalike_key, read_text_lines)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -112,7 +115,7 @@ def parse_voc_xml(path: str | os.PathLike) -> VOCAnnotation:
     return VOCAnnotation(
         filename=(root.findtext("filename") or "").strip(), width=width, height=height, depth=depth,
         objects=objects, folder=(root.findtext("folder") or "").strip(),
-        segmented=bool(int(_number(path, root, "segmented", "<annotation>", default=0))),
+        segmented=_flag(path, root, "segmented", "<annotation>"),
     )
 
 
@@ -128,8 +131,8 @@ def _parse_object(path: Path, obj: ET.Element, where: str) -> VOCObject:
     return VOCObject(
         name=name,
         box=(xmin - 1.0, ymin - 1.0, xmax, ymax),  # 1-based inclusive -> 0-based continuous
-        difficult=bool(int(_number(path, obj, "difficult", where, default=0))),
-        truncated=bool(int(_number(path, obj, "truncated", where, default=0))),
+        difficult=_flag(path, obj, "difficult", where),
+        truncated=_flag(path, obj, "truncated", where),
         pose=(obj.findtext("pose") or "Unspecified").strip(),
     )
 
@@ -147,17 +150,30 @@ def _number(path: Path, parent: ET.Element, tag: str, where: str, default: float
         raise DataError(path, f"<{tag}> is not a number: {text.strip()!r}", where) from None
     if not math.isfinite(value):
         raise DataError(path, f"<{tag}> is not finite: {text.strip()!r}", where)
+    if abs(value) > MAX_COORDINATE:
+        raise DataError(path, f"<{tag}> is {text.strip()[:40]}, beyond any image (|value| > {MAX_COORDINATE:g})",
+                        where)
     return value
+
+
+def _flag(path: Path, parent: ET.Element, tag: str, where: str) -> bool:
+    """A VOC 0/1 flag (<difficult>, <truncated>, <segmented>); absent means 0, anything but 0 or 1 is refused."""
+    value = _number(path, parent, tag, where, default=0)
+    if value not in (0, 1):
+        raise DataError(path, f"<{tag}> must be 0 or 1, got {parent.findtext(tag).strip()!r}", where)
+    return bool(value)
 
 
 def read_split(root: str | os.PathLike, split: str) -> list[str]:
     """Image ids listed in `root/ImageSets/Main/<split>.txt`, in file order."""
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
-    if not path.is_file():
+    if not isinstance(split, str) or not split or split in (".", "..") or any(c in split for c in "/\\\0"):
+        raise DataError(path.parent, f"split name {split!r} is not a file name in this folder")
+    if not path.exists() and not path.is_symlink():
         raise DataError(path, f"split file not found; splits present: {available_splits(root) or 'none'}")
     ids: list[str] = []
-    seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    line_of: dict[str, int] = {}
+    for lineno, line in enumerate(read_text_lines(path, "split file"), start=1):
         image_id = line.strip()
         if not image_id:
             continue
@@ -165,11 +181,28 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
         # words on a line is the format of VOC's per-class files (e.g. "dog_train.txt").
         if len(image_id.split()) != 1 or "/" in image_id or "\\" in image_id or image_id in (".", ".."):
             raise DataError(path, f"expected one image id per line, got {image_id!r}", f"line {lineno}")
-        if image_id in seen:
+        try:
+            check_name(image_id, "image id")
+        except ValueError as e:
+            raise DataError(path, str(e), f"line {lineno}") from None
+        if image_id in line_of:
             raise DataError(path, f"image id {image_id!r} is listed twice", f"line {lineno}")
-        seen.add(image_id)
+        line_of[image_id] = lineno
         ids.append(image_id)
+    if not ids:
+        raise DataError(path, "the split lists no image ids: there is nothing to train on or evaluate")
+    _refuse_lookalikes(path, ids, "image ids", line_of)
     return ids
+
+
+def _refuse_lookalikes(path: Path, names: list[str], what: str, line_of: dict[str, int] | None = None) -> None:
+    """DataError if two of `names` look identical (Unicode look-alikes, see `data.text`)."""
+    pair = find_lookalikes(names)
+    if pair is not None:
+        a, b = pair
+        where = f"lines {line_of[a]} and {line_of[b]}" if line_of else None
+        raise DataError(path, f"{what} {a!r} and {b!r} look identical but differ in "
+                              f"{describe_difference(a, b)}", where)
 
 
 def available_splits(root: str | os.PathLike) -> list[str]:
@@ -183,9 +216,9 @@ def available_splits(root: str | os.PathLike) -> list[str]:
 def read_classes(root: str | os.PathLike) -> tuple[str, ...]:
     """The class names in `root/classes.txt` (one per line), or `VOC_CLASSES` if there is none."""
     path = Path(root) / "classes.txt"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return VOC_CLASSES
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in read_text_lines(path, "class list") if line.strip()]
     try:
         return check_classes(names)
     except ValueError as e:
@@ -194,14 +227,23 @@ def read_classes(root: str | os.PathLike) -> tuple[str, ...]:
 
 def check_classes(classes) -> tuple[str, ...]:
     """Validate a class list: non-empty, unique, and without the background (label 0 is implicit)."""
-    classes = tuple(str(c) for c in classes)
+    classes = tuple(classes)
+    wrong = [c for c in classes if not isinstance(c, str) or not c.strip()]
+    if wrong:
+        raise ValueError(f"class names must be non-empty strings, got {wrong[0]!r}")
     if not classes:
         raise ValueError("the class list is empty")
+    for name in classes:
+        check_name(name, "class name")
     duplicates = sorted({c for c in classes if classes.count(c) > 1})
     if duplicates:
         raise ValueError(f"class names listed more than once: {duplicates}")
     if BACKGROUND in classes:
         raise ValueError(f"{BACKGROUND!r} must not be listed: label 0 is the background implicitly")
+    pair = find_lookalikes(classes)
+    if pair is not None:
+        raise ValueError(f"class names {pair[0]!r} and {pair[1]!r} look identical but differ in "
+                         f"{describe_difference(*pair)}")
     return classes
 
 
@@ -214,7 +256,9 @@ def load_voc_record(root: Path, image_id: str, label_of: dict[str, int], log: Re
     ann = parse_voc_xml(xml_path)
     for i, obj in enumerate(ann.objects):
         if obj.name not in label_of:
-            raise DataError(xml_path, f"unknown class {obj.name!r}; known classes: {', '.join(label_of)}",
+            twin = next((c for c in label_of if lookalike_key(c) == lookalike_key(obj.name)), None)
+            hint = f" (it looks like {twin!r} but differs in {describe_difference(obj.name, twin)})" if twin else ""
+            raise DataError(xml_path, f"unknown class {obj.name!r}{hint}; known classes: {', '.join(label_of)}",
                             f"object {i + 1} of {len(ann.objects)}")
     objects = [obj for obj in ann.objects if keep_difficult or not obj.difficult]
 
@@ -222,8 +266,12 @@ def load_voc_record(root: Path, image_id: str, label_of: dict[str, int], log: Re
     # images are not JPEGs. Only its base name is used, so it cannot point outside the folder.
     candidates = [root / "JPEGImages" / f"{image_id}.jpg"]
     if ann.filename:
-        candidates.append(root / "JPEGImages" / os.path.basename(ann.filename.replace("\\", "/")))
-    image_path = next((p for p in candidates if p.is_file()), None)
+        base = os.path.basename(ann.filename.replace("\\", "/"))
+        if Path(base).stem != image_id and base != image_id:
+            raise DataError(xml_path, f"<filename> {ann.filename!r} does not match the annotation's id {image_id!r} "
+                                      f"(expected {image_id}.jpg or {image_id} with another extension)")
+        candidates.append(root / "JPEGImages" / base)
+    image_path = next((p for p in candidates if is_regular_file(p)), None)
     if image_path is None:
         raise DataError(candidates[0], f"image file not found for annotation {xml_path}")
 
@@ -250,6 +298,8 @@ class VOCDataset(DetectionDataset):
             if present, else the 20 `VOC_CLASSES`.
         transforms: optional callable (image, target) -> (image, target), e.g.
             `RandomHorizontalFlip()`.
+        skip_errors: leave out (and list in `ds.errors`, id -> message) the images whose annotation or
+            image file is refused, instead of raising for the first; for evaluation and inspection.
         keep_difficult: keep objects marked difficult. Keep them for evaluation: the VOC metric
             needs them, to ignore detections of them instead of counting false positives. The
             authors' code (py-faster-rcnn) leaves them out of training (`use_diff=False`); pass
@@ -262,7 +312,7 @@ class VOCDataset(DetectionDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", classes=None,
-                 transforms: Transform | None = None, keep_difficult: bool = True) -> None:
+                 transforms: Transform | None = None, keep_difficult: bool = True, skip_errors: bool = False) -> None:
         self.root = Path(root).expanduser()  # "~/data/VOCdevkit/VOC2007" works as written
         self.split = split
         self.keep_difficult = keep_difficult
@@ -272,8 +322,15 @@ class VOCDataset(DetectionDataset):
         label_of = {name: k for k, name in enumerate(classes, start=1)}
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         log = RepairLog()
-        records = [load_voc_record(self.root, image_id, label_of, log, keep_difficult, split_file)
-                   for image_id in read_split(self.root, split)]
+        records = []
+        self.errors: dict[str, str] = {}    # image id -> why it was left out (skip_errors=True only)
+        for image_id in read_split(self.root, split):
+            try:
+                records.append(load_voc_record(self.root, image_id, label_of, log, keep_difficult, split_file))
+            except DataError as e:
+                if not skip_errors:
+                    raise
+                self.errors[image_id] = str(e)
         super().__init__(records, classes, transforms, log)
         log.warn(f"VOCDataset({str(self.root)!r}, {split!r})")
 

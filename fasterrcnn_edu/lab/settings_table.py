@@ -1,0 +1,152 @@
+"""Every training and test setting in one table: the paper, the released code, and the package's two presets.
+
+The two preset columns are read from `Config.paper()` and `Config.book()` when the table is made,
+so the book's settings page cannot drift from the code. The "paper" column quotes Ren et al.
+(arXiv:1506.01497v3 section numbers; the NeurIPS paper has the same §3 text) and the "released code"
+column the authors' py-faster-rcnn (`lib/fast_rcnn/config.py`, the VGG-16 `faster_rcnn_alt_opt`
+prototxts and `tools/train_faster_rcnn_alt_opt.py`; "end-to-end" is `faster_rcnn_end2end`).
+"—" means the source does not say.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from fasterrcnn_edu.config import Config
+
+__all__ = ["Setting", "SETTINGS", "settings_rows", "settings_markdown"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    group: str
+    name: str
+    paper: str
+    released: str
+    preset: Callable[[Config], str]
+
+
+def _sizes(cfg: Config) -> str:
+    return ", ".join(f"{cfg.anchor_base_size * s:g}²" for s in cfg.anchor_scales)
+
+
+def _ratios(cfg: Config) -> str:
+    return ", ".join(f"{r:g}" for r in cfg.anchor_ratios)
+
+
+def _stage(cfg: Config, name: str) -> str:
+    s = getattr(cfg, name)
+    return f"{s.iterations:,} it., lr {s.lr:g} → ×0.1 at {s.lr_step:,}"
+
+
+def _difficult(cfg: Config) -> str:
+    return {"drop": "dropped from training", "ignore": "ignore regions (ours)",
+            "train": "trained on as objects"}[cfg.difficult]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- data -----------------------------------------------------------------------------
+    Setting("data", "image scale", "shorter side 600 (§3.3)", "600, longer side ≤ 1000",
+            lambda c: f"shorter side {c.min_size}, longer ≤ {c.max_size}"),
+    Setting("data", "horizontal flip", "—", "yes (TRAIN.USE_FLIPPED)", lambda c: "yes" if c.flip else "no"),
+    Setting("data", "VOC *difficult* objects", "—", "dropped from training (use_diff = False)", _difficult),
+    # --- backbone -------------------------------------------------------------------------
+    Setting("backbone", "network", "ZF or VGG-16, ImageNet pre-trained (§3.1.3)", "ZF or VGG-16, ImageNet",
+            lambda c: c.backbone + (" (ImageNet weights from a local file)" if c.backbone != "small"
+                                    else " (6 conv layers, pre-trained on shape crops)")),
+    Setting("backbone", "frozen first conv layers", "—", "VGG-16: conv1_1 … conv2_2 (lr_mult 0)",
+            lambda c: str(c.frozen_layers)),
+    # --- anchors --------------------------------------------------------------------------
+    Setting("anchors", "anchor areas", "128², 256², 512² (§3.1.1)", "scales 8, 16, 32 × base 16", _sizes),
+    Setting("anchors", "aspect ratios (height / width)", "1:1, 1:2, 2:1 (§3.1.1)", "0.5, 1, 2", _ratios),
+    Setting("anchors", "anchor arithmetic", "—", "inclusive pixels, rounded sides (\"+1\")",
+            lambda c: "released (\"+1\")" if c.legacy_anchors else "continuous (ours)"),
+    # --- RPN ------------------------------------------------------------------------------
+    Setting("RPN", "intermediate layer", "3×3 conv, 256-d (ZF) / 512-d (VGG) (§3.1)", "same",
+            lambda c: f"3×3 conv, {c.rpn_channels}-d"),
+    Setting("RPN", "anchor labels", "positive IoU > 0.7 or best of a box; negative < 0.3 (§3.1.2)",
+            "positive IoU ≥ 0.7 or best; negative < 0.3",
+            lambda c: f"positive > {c.rpn_fg_iou:g} or best; negative < {c.rpn_bg_iou:g}"),
+    Setting("RPN", "cross-boundary anchors", "ignored in training (§3.3)", "ignored (allowed border 0)",
+            lambda c: "ignored" if c.rpn_ignore_cross_boundary else "used"),
+    Setting("RPN", "anchors per image, positive share", "256, up to 1:1 (§3.1.3)", "256, 0.5",
+            lambda c: f"{c.rpn_batch_size}, {c.rpn_positive_fraction:g}"),
+    Setting("RPN", "images per RPN mini-batch", "1 (§3.1.3)", "1", lambda c: str(c.images_per_batch)),
+    Setting("RPN", "objectness output", "2k scores, softmax (§3.1)", "2k, softmax",
+            lambda c: "2k, softmax" if c.rpn_cls_loss == "softmax" else "k, sigmoid"),
+    Setting("RPN", "loss weights (Eq. 1)", "λ = 10, N_cls = 256, N_reg ≈ 2400 locations (§3.1.2)",
+            "λ = 1 with N_reg = 256 (outside weights 1/256)",
+            lambda c: f"λ = {c.rpn_lambda:g}, N_reg = " + ("locations" if c.rpn_reg_normalization == "locations"
+                                                           else "N_cls")),
+    Setting("RPN", "smooth L1 β", "Fast R-CNN's (β = 1)", "σ = 3, i.e. β = 1/9",
+            lambda c: f"{c.rpn_smooth_l1_beta:.3g}"),
+    # --- proposals ------------------------------------------------------------------------
+    Setting("proposals", "training: before / after NMS", "— / 2000 (§3.3)", "12000 / 2000",
+            lambda c: f"{c.rpn_pre_nms_top_n_train} / {c.rpn_post_nms_top_n_train}"),
+    Setting("proposals", "test: before / after NMS", "— / 300 (§4)", "6000 / 300",
+            lambda c: f"{c.rpn_pre_nms_top_n_test} / {c.rpn_post_nms_top_n_test}"),
+    Setting("proposals", "NMS IoU", "0.7 (§3.3)", "0.7", lambda c: f"{c.rpn_nms_thresh:g}"),
+    Setting("proposals", "smallest proposal side", "—", "16 px (of the input image)",
+            lambda c: f"{c.rpn_min_size:g} px"),
+    # --- detector -------------------------------------------------------------------------
+    Setting("detector", "RoI pooling", "Fast R-CNN's max pooling, 7×7 for VGG", "max, 7×7",
+            lambda c: f"{'max' if c.roi_pool == 'max' else 'RoIAlign (ours)'}, {c.roi_output_size}×{c.roi_output_size}"),
+    Setting("detector", "images × RoIs per detector mini-batch", "— (Fast R-CNN: 2 × 64)",
+            "alt-opt 2 × 64; end-to-end 1 × 128",
+            lambda c: f"{c.det_images_per_batch} × {c.roi_batch_size}"),
+    Setting("detector", "RoI sampling", "— (Fast R-CNN: 25 % fg IoU ≥ 0.5, bg [0.1, 0.5))", "same",
+            lambda c: f"{c.roi_positive_fraction:.0%} fg IoU ≥ {c.roi_fg_iou:g}, bg [{c.roi_bg_iou_low:g}, "
+                      f"{c.roi_bg_iou_high:g})"),
+    Setting("detector", "fully connected layers", "VGG-16 fc6, fc7 (4096-d)", "same",
+            lambda c: f"2 × {c.head_hidden}-d"),
+    Setting("detector", "box-target normalisation", "—",
+            "alt-opt: per-class means / stds of the training RoIs; end-to-end: stds (0.1, 0.1, 0.2, 0.2)",
+            lambda c: "stds (" + ", ".join(f"{v:g}" for v in c.box_coder_std) + ")"),
+    Setting("detector", "λ (Fast R-CNN loss)", "1 (Fast R-CNN)", "1", lambda c: f"{c.det_lambda:g}"),
+    # --- test -----------------------------------------------------------------------------
+    Setting("test", "score threshold, per-class NMS, detections kept", "—", "> 0.05, 0.3, 100",
+            lambda c: f"> {c.score_thresh:g}, {c.det_nms_thresh:g}, {c.detections_per_img}"),
+    # --- optimisation ---------------------------------------------------------------------
+    Setting("training", "momentum, weight decay", "0.9, 0.0005 (§3.1.3)", "0.9, 0.0005",
+            lambda c: f"{c.momentum:g}, {c.weight_decay:g}"),
+    Setting("training", "biases", "—", "lr × 2, no weight decay",
+            lambda c: f"lr × {c.bias_lr_mult:g}, " + ("weight decay" if c.bias_weight_decay else "no weight decay")),
+    Setting("training", "warm-up", "—", "—",
+            lambda c: f"{c.warmup_iterations} iterations (ours)" if c.warmup_iterations else "none"),
+    Setting("4-step training", "step 1: RPN", "lr 0.001 for 60k, 0.0001 for 20k (§3.1.3, VOC)",
+            "80k, lr 0.001 → ×0.1 at 60k", lambda c: _stage(c, "stage_rpn1")),
+    Setting("4-step training", "step 2: Fast R-CNN", "on step-1 proposals (§3.2)", "40k, step at 30k; proposals "
+            "stored once (top 2000 after NMS)", lambda c: _stage(c, "stage_det1") + (
+                "; stored proposals" if c.alt_precomputed_proposals else "; proposals on the fly (ours)")),
+    Setting("4-step training", "step 3: RPN, shared layers fixed",
+            "\"use the detector network to initialize RPN training\" (§3.2)",
+            "80k; RPN head newly initialised", lambda c: _stage(c, "stage_rpn2") + (
+                "; fresh RPN head" if c.alt_reinit_heads else "; step-1 RPN head (ours)")),
+    Setting("4-step training", "step 4: Fast R-CNN, shared layers fixed", "fine-tune its unique layers (§3.2)",
+            "40k; cls_score, bbox_pred newly initialised", lambda c: _stage(c, "stage_det2") + (
+                "; fresh cls_score / bbox_pred" if c.alt_reinit_heads else "; step-2 head (ours)")),
+    Setting("4-step training", "approximate joint (end-to-end)", "§3.2 (ii); no schedule given",
+            "70k, lr 0.001 → ×0.1 at 50k (VOC 2007)", lambda c: _stage(c, "joint")),
+)
+
+
+def settings_rows(paper: Config | None = None, book: Config | None = None) -> list[dict[str, str]]:
+    """One dict per setting: group, setting, paper, released code, `paper` preset, `book` preset."""
+    paper = paper if paper is not None else Config.paper()
+    book = book if book is not None else Config.book()
+    return [{"group": s.group, "setting": s.name, "paper": s.paper, "released code": s.released,
+             "`paper` preset": s.preset(paper), "`book` preset": s.preset(book)} for s in SETTINGS]
+
+
+def settings_markdown(paper: Config | None = None, book: Config | None = None) -> str:
+    """The table of `settings_rows` in Markdown, one group per block of rows (group shown once)."""
+    rows = settings_rows(paper, book)
+    columns = ["setting", "paper", "released code", "`paper` preset", "`book` preset"]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    group = None
+    for row in rows:
+        if row["group"] != group:
+            group = row["group"]
+            lines.append(f"| **{group}** | | | | |")
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines)

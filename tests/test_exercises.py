@@ -1,0 +1,197 @@
+"""The exercise checkers (fasterrcnn_edu.exercises): right answers pass, typical wrong ones are caught and explained."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fasterrcnn_edu import exercises
+from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.labeling import label_anchors
+from fasterrcnn_edu.nms import nms, nms_readable
+from fasterrcnn_edu.roi_heads import pool_rois, roi_pool_readable
+
+
+# --- right answers -----------------------------------------------------------------------------
+def package_labels(anchors, gt_boxes, fg_iou, bg_iou):
+    if len(gt_boxes) == 0:
+        return torch.zeros(len(anchors), dtype=torch.long)
+    valid = torch.ones(1, len(gt_boxes), dtype=torch.bool)
+    return label_anchors(anchors, gt_boxes[None], valid, fg_iou=fg_iou, bg_iou=bg_iou).labels[0]
+
+
+def torchvision_roi_pool(features, roi, output_size, spatial_scale):
+    rois = torch.cat([torch.zeros(1), roi])[None]
+    return pool_rois(features[None], rois, output_size, spatial_scale)[0]
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("iou", box_iou),
+    ("label_anchors", package_labels),
+    ("nms", nms_readable),
+    ("nms", lambda b, s, t: nms(b, s, t)),                     # torchvision's kernel agrees too
+    ("roi_max_pool", torchvision_roi_pool),
+])
+def test_package_functions_pass(name, fn, capsys):
+    result = exercises.check(name, fn)
+    assert result.ok and bool(result), result
+    assert result.passed == result.total == len(exercises.cases(name))
+    assert capsys.readouterr().out.strip() == f"{name}: all {result.total} cases pass"
+
+
+# --- the book's solutions (dropdowns in book/02_labeling, 04_proposals_nms, 05_roi_pooling), kept in step here ---
+def my_iou(boxes1, boxes2):
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])       # (N,)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])       # (M,)
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])          # (N, M, 2)
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])      # (N, M, 2)
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)                 # 0 if apart
+    return inter / (area1[:, None] + area2[None, :] - inter)
+
+
+def my_label_anchors(anchors, gt_boxes, fg_iou=0.7, bg_iou=0.3):
+    if len(gt_boxes) == 0:                                # no object: all negative
+        return torch.zeros(len(anchors), dtype=torch.int64)
+    iou = box_iou(anchors, gt_boxes)                      # (A, G)
+    best_per_anchor = iou.max(dim=1).values               # u_i
+    best_per_gt = iou.max(dim=0).values                   # each object's best IoU
+    labels = torch.full((len(anchors),), -1)              # ignored unless a rule says otherwise
+    labels[best_per_anchor < bg_iou] = 0
+    labels[best_per_anchor > fg_iou] = 1                  # rule 2
+    rule_1 = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=1)   # ties included
+    labels[rule_1] = 1
+    return labels
+
+
+def my_nms(boxes, scores, iou_threshold):
+    order = torch.sort(scores, descending=True, stable=True).indices   # ties: lower index first
+    keep = []
+    while len(order) > 0:
+        best, order = order[0], order[1:]
+        keep.append(int(best))
+        overlap = box_iou(boxes[best][None], boxes[order])[0]
+        order = order[overlap <= iou_threshold]            # suppress only if IoU > threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def my_roi_max_pool(features, roi, output_size=7, spatial_scale=1 / 16):
+    C, H, W = features.shape
+    # snap to the grid with C's round() (halves away from zero), in float32 as the Caffe layer
+    start = roi.float() * spatial_scale
+    x1, y1, x2, y2 = (torch.sign(start) * torch.floor(start.abs() + 0.5)).tolist()
+    roi_w, roi_h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)          # inclusive size
+    p = torch.arange(output_size, dtype=torch.float32)
+    def bins(begin, size, limit):
+        bin_size = torch.tensor(size, dtype=torch.float32) / output_size
+        lo = (torch.floor(p * bin_size) + begin).clamp(0, limit).long()
+        hi = (torch.ceil((p + 1) * bin_size) + begin).clamp(0, limit).long()
+        return lo, hi
+    y_lo, y_hi = bins(y1, roi_h, H)
+    x_lo, x_hi = bins(x1, roi_w, W)
+    out = torch.zeros(C, output_size, output_size)
+    for i in range(output_size):
+        for j in range(output_size):
+            if y_hi[i] > y_lo[i] and x_hi[j] > x_lo[j]:                 # an empty bin stays 0
+                out[:, i, j] = features[:, y_lo[i]:y_hi[i], x_lo[j]:x_hi[j]].amax(dim=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("name, fn", [("iou", my_iou), ("label_anchors", my_label_anchors), ("nms", my_nms),
+                                      ("roi_max_pool", my_roi_max_pool)])
+def test_book_solutions_pass(name, fn):
+    assert exercises.check(name, fn, verbose=False).ok
+
+
+# --- wrong answers ------------------------------------------------------------------------------
+def iou_without_clamp(a, b):
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).prod(-1)                                 # negative sides multiply to a positive area
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter)
+
+
+def iou_transposed(a, b):
+    return box_iou(b, a)
+
+
+def labels_without_rule_1(anchors, gt_boxes, fg_iou, bg_iou):
+    if len(gt_boxes) == 0:
+        return torch.zeros(len(anchors), dtype=torch.long)
+    best = box_iou(anchors, gt_boxes).max(dim=1).values
+    labels = torch.full((len(anchors),), -1)
+    labels[best < bg_iou] = 0
+    labels[best > fg_iou] = 1
+    return labels
+
+
+def labels_with_argmax(anchors, gt_boxes, fg_iou, bg_iou):
+    """Rule 1 with argmax: only the first of tied best anchors becomes positive."""
+    labels = labels_without_rule_1(anchors, gt_boxes, fg_iou, bg_iou)
+    if len(gt_boxes):
+        iou = box_iou(anchors, gt_boxes)
+        labels[iou.argmax(dim=0)[iou.max(dim=0).values > 0]] = 1
+    return labels
+
+
+def nms_greater_equal(boxes, scores, threshold):
+    order = torch.sort(scores, descending=True, stable=True).indices
+    keep = []
+    while len(order):
+        best, order = order[0], order[1:]
+        keep.append(int(best))
+        order = order[~(box_iou(boxes[best][None], boxes[order])[0] >= threshold)]
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def nms_unstable_ties(boxes, scores, threshold):
+    """Ties broken towards the higher index."""
+    flipped = nms_readable(boxes.flip(0), scores.flip(0), threshold)
+    return len(boxes) - 1 - flipped
+
+
+def roi_pool_round_half_even(features, roi, output_size, spatial_scale):
+    """Snaps the RoI with torch.round (halves to even) instead of C's round (halves away from zero)."""
+    snapped = torch.round(roi * spatial_scale)
+    # shift the RoI so that the package's rounding gives the same snapped cells at scale 1
+    return roi_pool_readable(features[None], torch.cat([torch.zeros(1), snapped])[None], output_size, 1.0)[0]
+
+
+def roi_pool_exclusive_size(features, roi, output_size, spatial_scale):
+    """Treats the snapped RoI as end - start cells wide (one cell short on each axis)."""
+    snapped = torch.sign(roi * spatial_scale) * torch.floor((roi * spatial_scale).abs() + 0.5)
+    snapped[2:] -= 1
+    snapped[2:] = torch.maximum(snapped[2:], snapped[:2])
+    return roi_pool_readable(features[None], torch.cat([torch.zeros(1), snapped])[None], output_size, 1.0)[0]
+
+
+@pytest.mark.parametrize("name, fn, words", [
+    ("iou", iou_without_clamp, "clamp"),
+    ("iou", iou_transposed, "shape"),
+    ("label_anchors", labels_without_rule_1, "rule 1"),
+    ("label_anchors", labels_with_argmax, "every"),
+    ("nms", nms_greater_equal, "greater than"),
+    ("nms", nms_unstable_ties, "stable"),
+    ("roi_max_pool", roi_pool_round_half_even, "half away from zero"),
+    ("roi_max_pool", roi_pool_exclusive_size, "inclusive"),
+])
+def test_wrong_implementations_are_caught(name, fn, words):
+    result = exercises.check(name, fn, verbose=False)
+    assert not result.ok and not result
+    assert result.passed < result.total
+    assert "differs" in repr(result) and words in repr(result), repr(result)
+
+
+def test_stub_and_crash_are_explained():
+    def stub(*args):
+        raise NotImplementedError
+
+    result = exercises.check("nms", stub, verbose=False)
+    assert not result and "not written yet" in repr(result)
+
+    result = exercises.check("iou", lambda a, b: a @ b, verbose=False)      # (N, 4) @ (M, 4) fails
+    assert not result and "raised RuntimeError" in repr(result)
+
+
+def test_unknown_exercise():
+    with pytest.raises(ValueError, match="unknown exercise"):
+        exercises.check("anchors", lambda: None)
