@@ -220,10 +220,10 @@ def paper_weights_warning(preset: str, cfg: Config) -> None:
     """The paper fine-tunes ImageNet weights; training its VGG-16 from random weights is a different experiment."""
     if preset == "paper" and cfg.backbone_weights is None:
         name = {"vgg16": "VGG-16", "zf": "ZF"}.get(cfg.backbone, cfg.backbone)
+        file = "torchvision's vgg16-397923af.pth" if cfg.backbone == "vgg16" else f"ImageNet weights for {name}"
         warn(f"--preset paper without --backbone-weights: {name} starts from random weights, "
              "while the paper fine-tunes ImageNet-pretrained weights (expect a far lower mAP). Nothing is "
-             "downloaded here: fetch torchvision's vgg16-397923af.pth once and pass it with "
-             "--backbone-weights PATH/vgg16-397923af.pth")
+             f"downloaded here: fetch {file} once and pass it with --backbone-weights PATH")
 
 
 def train_command(args: argparse.Namespace) -> int:

@@ -145,3 +145,39 @@ def sample_balanced(positive: Tensor, negative: Tensor, batch_size: int, positiv
 def gather_matched(gt_boxes: Tensor, matched_gt: Tensor) -> Tensor:
     """gt_boxes: (B, G, 4), matched_gt: (B, N) -> (B, N, 4) the matched ground-truth box of each element."""
     return gt_boxes.gather(1, matched_gt[..., None].expand(-1, -1, 4))
+
+
+@dataclass
+class AnchorMatches:
+    """The two positive rules of §3.1.2, per ground-truth box (see `match_anchors`).
+
+    iou: (B, G, A) IoU of ground truth g with anchor a: -1 for anchors outside the image (when the
+    image sizes are given) and for padding rows; best_iou: (B, G) each ground truth's highest IoU
+    (-1 for padding); best: (B, G, A) bool, rule (i): a is (one of) the highest-IoU anchor(s) of g;
+    above: (B, G, A) bool, rule (ii): IoU above the positive threshold.
+    """
+
+    iou: Tensor
+    best_iou: Tensor
+    best: Tensor
+    above: Tensor
+
+
+def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_sizes: Tensor | None = None,
+                  fg_iou: float = 0.7) -> AnchorMatches:
+    """Which anchors each ground-truth box makes positive, rule by rule, as `label_anchors` decides.
+
+    anchors: (A, 4); gt_boxes: (B, G, 4) padded; gt_valid: (B, G) bool; image_sizes: (B, 2) (height,
+    width) — if given, anchors crossing the boundary match nothing (IoU -1), as in training (§3.3).
+    Rule (i) counts ties and, like `label_anchors`, leaves out a box that no anchor touches (best IoU
+    0). An anchor of `label_anchors` is positive by the rules iff `(best | above).any(dim=1)`.
+    (Ignore regions, `gt_ignore` of `label_anchors`, are not taken into account here.)
+    """
+    batch = gt_boxes.shape[0]
+    iou = box_iou(gt_boxes, anchors.expand(batch, -1, -1))                  # (B, G, A)
+    iou.masked_fill_(~gt_valid[:, :, None], -1.0)
+    if image_sizes is not None:
+        iou.masked_fill_(~inside_image(anchors, image_sizes)[:, None, :], -1.0)
+    best_iou = iou.amax(dim=2) if iou.shape[2] else torch.full(gt_valid.shape, -1.0, device=iou.device)
+    best = (iou == best_iou[:, :, None]) & (best_iou[:, :, None] > 0)
+    return AnchorMatches(iou, best_iou, best, iou > fg_iou)

@@ -235,3 +235,13 @@ class RoIHeads(nn.Module):
             keep = batched_nms(image_boxes, scores, labels, cfg.det_nms_thresh)[: cfg.detections_per_img]
             results.append({"boxes": image_boxes[keep], "labels": labels[keep], "scores": scores[keep]})
         return results
+
+    def class_boxes(self, logits: Tensor, deltas: Tensor, proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The head's answer before any test-time step: softmax probabilities (ΣR_b, K+1), background in
+        column 0, and one box per foreground class (ΣR_b, K, 4), each proposal decoded with that class's
+        deltas (Eq. 2, divided by `box_coder_std`), in resized-image pixels, not clipped yet.
+
+        logits, deltas: from `classify(features, proposals)`. `postprocess` starts from the same boxes.
+        """
+        probs = F.softmax(logits.float(), dim=-1)
+        return probs, decode(torch.cat(proposals)[:, None, :], deltas, self.cfg.box_coder_std)

@@ -41,7 +41,7 @@ def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def resize_image(image: Tensor, scale: float) -> Tensor:
-    """image: (3, H, W) -> (3, *resized_size(H, W, scale)), bilinear. No-op at scale 1."""
+    """image: ``(3, H, W)`` -> ``(3, *resized_size(H, W, scale))``, bilinear. No-op at scale 1."""
     if scale == 1.0:
         return image
     size = resized_size(image.shape[-2], image.shape[-1], scale)

@@ -26,7 +26,8 @@ from matplotlib.patches import Rectangle
 
 __all__ = [
     "class_color", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
-    "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_proposals", "plot_nms_steps",
+    "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_anchor_matches", "plot_proposals", "score_colorbar",
+    "plot_nms_steps", "mark_cross_class_duplicates",
     "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
     "plot_loss_curves", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
 ]
@@ -197,6 +198,31 @@ def plot_detections(image, detections: Mapping, class_names: Sequence[str] | Non
     return ax
 
 
+def mark_cross_class_duplicates(ax: Axes, detections: Mapping, class_names: Sequence[str] | None = None,
+                                score_threshold: float = 0.5, iou_threshold: float = 0.3) -> list[tuple[int, int, float]]:
+    """Point out detections that per-class NMS lets through because their classes differ: every pair of
+    detections scoring at least `score_threshold`, of different classes, whose IoU exceeds `iou_threshold`.
+    The lower-scoring one of each pair gets a callout. Returns the pairs (i, j, IoU), i scoring higher."""
+    from fasterrcnn_edu.boxes import box_iou
+
+    boxes = torch.as_tensor(_np(detections["boxes"])).reshape(-1, 4).float()
+    labels = _np(detections["labels"]).reshape(-1)
+    scores = _np(detections["scores"]).reshape(-1)
+    shown = np.flatnonzero(scores >= score_threshold)
+    shown = shown[np.argsort(-scores[shown], kind="stable")]
+    iou = _np(box_iou(boxes[shown], boxes[shown]))
+    pairs = [(int(shown[a]), int(shown[b]), float(iou[a, b])) for a in range(len(shown)) for b in range(a + 1, len(shown))
+             if labels[shown[a]] != labels[shown[b]] and iou[a, b] > iou_threshold]
+    for i, j, value in pairs:
+        x1, y1, x2, y2 = boxes[j].tolist()
+        ax.annotate(f"{_class_name(labels[j], class_names)} {scores[j]:.2f} survives:\nIoU {value:.2f} with "
+                    f"{_class_name(labels[i], class_names)} {scores[i]:.2f},\nanother class",
+                    xy=(x2, y2), xytext=(12, -6), textcoords="offset points", fontsize=7, va="top",
+                    color="black", bbox=dict(facecolor="white", edgecolor="0.4", alpha=0.9, pad=2.0),
+                    arrowprops=dict(arrowstyle="->", color="black", lw=1.0))
+    return pairs
+
+
 # ----------------------------------------------------------------------------------------------
 # Anchors and the RPN (paper Sec. 3.1)
 # ----------------------------------------------------------------------------------------------
@@ -303,11 +329,59 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
     return ax
 
 
+def plot_anchor_matches(image, anchors, iou, gt_boxes, names: Sequence[str] | None = None, labels=None,
+                        ax: Axes | None = None, max_negatives: int = 40, seed: int = 0) -> Axes:
+    """Each object's best anchor, tagged with the object's name and that IoU, over the ground truth
+    (`draw_ground_truth`). With `labels`, the anchor labels underneath: every positive (thin green) and
+    at most `max_negatives` negatives (thin red); ignored anchors are not drawn.
+
+    anchors: (A, 4); iou: (G, A) IoU of each ground truth with each anchor (e.g.
+    `labeling.match_anchors(...).iou[0]`; -1 marks anchors that may not match); gt_boxes: (G, 4);
+    names: G object names; labels: optional (A,) 1 / 0 / -1 (`labeling.label_anchors`).
+    Object g's best anchor is drawn in colour `class_color(g)`.
+    """
+    ax = show_image(image, ax=ax)
+    anchors = _np(anchors).reshape(-1, 4)
+    iou = _np(iou).reshape(-1, len(anchors))
+    handles = []
+    if labels is not None:
+        labels = _np(labels).reshape(-1)
+        negatives = np.flatnonzero(labels == 0)
+        if len(negatives) > max_negatives:
+            negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
+        draw_boxes(ax, anchors[negatives], color=NEGATIVE_COLOR, linewidth=0.6, alpha=0.6)
+        draw_boxes(ax, anchors[labels == 1], color=POSITIVE_COLOR, linewidth=0.9, alpha=0.8)
+        handles += [Line2D([], [], color=POSITIVE_COLOR, lw=0.9, label=f"positive ({int((labels == 1).sum())})"),
+                    Line2D([], [], color=NEGATIVE_COLOR, lw=0.6,
+                           label=f"negative ({len(negatives)} of {int((labels == 0).sum())})")]
+    draw_ground_truth(ax, gt_boxes)
+    best = iou.argmax(axis=1) if iou.shape[1] else np.zeros(len(iou), dtype=int)
+    height, width = _image_hwc(image).shape[:2]
+    placed: list[tuple[float, float]] = []
+    for g, a in enumerate(best):
+        name = names[g] if names is not None else f"object {g}"
+        draw_boxes(ax, anchors[a][None], color=[class_color(g)], linewidth=2.0)
+        # The tag at the anchor's top-left corner (inside the image), moved down past earlier tags it would cover.
+        x1, y1 = min(max(anchors[a, 0], 0.0), 0.85 * width), min(max(anchors[a, 1], 0.0), 0.95 * height)
+        while any(abs(x1 - x) < 0.14 * width and abs(y1 - y) < 0.045 * height for x, y in placed):
+            y1 += 0.05 * height
+        placed.append((x1, y1))
+        ax.text(x1, y1, f"{name} {iou[g, a]:.2f}", fontsize=7, color="white", va="top", ha="left", clip_on=True,
+                bbox=dict(facecolor=class_color(g), edgecolor="none", alpha=0.85, pad=1.0))
+    handles += [Line2D([], [], color="0.2", lw=2, label="best anchor: object, IoU"),
+                Line2D([], [], color="0.5", lw=1.3, ls="--", label="ground truth")]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    return ax
+
+
 def plot_proposals(image, proposals, scores=None, top: int = 50, ax: Axes | None = None,
-                   title: str | None = None, cmap: str = "viridis") -> Axes:
+                   title: str | None = None, cmap: str = "viridis", vmin: float | None = None,
+                   vmax: float | None = None, colorbar: bool = True) -> Axes:
     """The `top` best proposals (P, 4) over the image, coloured and faded by score.
 
-    Without scores, proposals are taken to be sorted already and coloured by rank.
+    Without scores, proposals are taken to be sorted already and coloured by rank. The colour scale
+    runs from the lowest to the highest score shown, unless `vmin` / `vmax` fix it (to share one scale
+    between panels: pass the same values, `colorbar=False`, and add one `score_colorbar` to the figure).
     """
     ax = show_image(image, ax=ax)
     boxes = _np(proposals).reshape(-1, 4)
@@ -319,23 +393,32 @@ def plot_proposals(image, proposals, scores=None, top: int = 50, ax: Axes | None
         boxes = boxes[:top]
         s = np.linspace(1.0, 0.0, len(boxes)) if len(boxes) > 1 else np.ones(len(boxes))
     lo, hi = (s.min(), s.max()) if len(s) else (0.0, 1.0)
+    lo, hi = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
     norm = mcolors.Normalize(lo, hi if hi > lo else lo + 1e-6)
     colormap = plt.get_cmap(cmap)
     # Draw the weakest first so the strongest end up on top.
     for box, value in list(zip(boxes, s))[::-1]:
         v = float(norm(value))
         draw_boxes(ax, box[None], color=colormap(v), linewidth=0.6 + 1.4 * v, alpha=0.35 + 0.65 * v)
-    if scores is not None and len(s):
+    if scores is not None and len(s) and colorbar:
         mappable = plt.cm.ScalarMappable(norm=norm, cmap=colormap)
         ax.figure.colorbar(mappable, ax=ax, fraction=0.035, pad=0.02, label="score")
     ax.set_title(title if title is not None else f"top {len(boxes)} proposals")
     return ax
 
 
+def score_colorbar(fig: Figure, axes, vmin: float, vmax: float, cmap: str = "viridis", label: str = "score"):
+    """One colour bar for several panels drawn with the same `vmin`, `vmax` and `cmap` (e.g.
+    `plot_proposals(..., vmin=, vmax=, colorbar=False)`), placed beside all of `axes`."""
+    mappable = plt.cm.ScalarMappable(norm=mcolors.Normalize(vmin, vmax), cmap=plt.get_cmap(cmap))
+    return fig.colorbar(mappable, ax=list(np.ravel(axes)), fraction=0.02, pad=0.01, label=label)
+
+
 def plot_nms_steps(boxes, scores, keep, ax: Axes | None = None, image=None,
-                   image_size: tuple[int, int] | None = None) -> Axes:
-    """The outcome of NMS: kept boxes (indices `keep`) solid and coloured with their score and
-    rank, suppressed ones dashed grey with their score. boxes: (N, 4), scores: (N,)."""
+                   image_size: tuple[int, int] | None = None, show_index: bool = False) -> Axes:
+    """The outcome of NMS: kept boxes (indices `keep`) solid and coloured, tagged with their rank and
+    score ("#1 s=0.92"), suppressed ones dashed grey with their score ("s=0.81"). boxes: (N, 4),
+    scores: (N,). show_index: write each box's index just outside its bottom-left corner."""
     ax = _axes(ax)
     boxes = _np(boxes).reshape(-1, 4)
     scores = _np(scores).reshape(-1)
@@ -346,12 +429,16 @@ def plot_nms_steps(boxes, scores, keep, ax: Axes | None = None, image=None,
     suppressed = np.setdiff1d(np.arange(len(boxes)), keep)
     for i in suppressed:
         draw_boxes(ax, boxes[i][None], color=SUPPRESSED_COLOR, linestyle="--", linewidth=1.0)
-        ax.text(boxes[i, 2], boxes[i, 3], f"{scores[i]:.2f}", fontsize=7, color=SUPPRESSED_COLOR,
+        ax.text(boxes[i, 2] - 0.5, boxes[i, 3] - 0.5, f"s={scores[i]:.2f}", fontsize=7, color="0.35",
                 ha="right", va="bottom")
     for rank, i in enumerate(keep):
         draw_boxes(ax, boxes[i][None], color=class_color(rank), linewidth=2.0)
-        ax.text(boxes[i, 0], boxes[i, 1], f"#{rank + 1} {scores[i]:.2f}", fontsize=7, color="white",
+        ax.text(boxes[i, 0], boxes[i, 1], f"#{rank + 1} s={scores[i]:.2f}", fontsize=7, color="white",
                 va="bottom", bbox=dict(facecolor=class_color(rank), edgecolor="none", pad=1.0))
+    if show_index:
+        for i, (x1, _, _, y2) in enumerate(boxes):
+            ax.text(x1, y2 + 0.5, f"box {i}", fontsize=6.5, color="black", ha="left", va="top",
+                    bbox=dict(facecolor="white", edgecolor="0.6", pad=0.8, linewidth=0.5))
     if image is None:
         _fit_view(ax, boxes, image_size)
     ax.legend(handles=[Line2D([], [], color="k", lw=2, label=f"kept ({len(keep)})"),
@@ -407,7 +494,7 @@ def plot_roi_pool(feature_map, roi, output_size: tuple[int, int] = (7, 7), ax: A
                   cmap: str = "viridis") -> Axes:
     """RoI max pooling on a (h, w) feature map: the map (one square per cell), the RoI as given
     (dashed white), its grid of out_h x out_w bins on the snapped cells (solid orange), and the
-    max of every bin (red x). Adds 1 + out_h * out_w Rectangle patches. See `roi_pool_bins`.
+    max of every bin (open red square around its cell). Adds 1 + out_h * out_w Rectangle patches. See `roi_pool_bins`.
 
     As in the Caffe layer, feature coordinate v is the *centre* of cell v, so cell (r, c) is
     drawn over [c - 0.5, c + 0.5) x [r - 0.5, r + 0.5) (Matplotlib's default for imshow).
@@ -425,7 +512,9 @@ def plot_roi_pool(feature_map, roi, output_size: tuple[int, int] = (7, 7), ax: A
                                edgecolor="orange", linewidth=1.2, alpha=0.9))
     found = argmax.reshape(-1, 2)
     found = found[found[:, 0] >= 0]
-    ax.scatter(found[:, 1], found[:, 0], marker="x", c="red", s=30, zorder=3)
+    # An open red square around each maximum's cell: visible even with the value printed in the cell.
+    ax.scatter(found[:, 1], found[:, 0], marker="s", s=260, facecolors="none", edgecolors="red", linewidths=2.2,
+               zorder=3)
     ax.set_xlim(-0.5, fw - 0.5)
     ax.set_ylim(fh - 0.5, -0.5)
     ax.set_title(f"RoI max pooling to {output_size[0]}x{output_size[1]}", fontsize=9)

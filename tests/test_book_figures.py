@@ -56,5 +56,5 @@ def test_a_chapter_built_like_the_workflow_shows_its_figures(tmp_path):
                             timeout=900)
     page = tmp_path / "_build" / "html" / f"{CHAPTER}.html"
     assert page.is_file(), result.stdout[-3000:] + result.stderr[-3000:]
-    figures = re.findall(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', page.read_text())
+    figures = re.findall(r'<img[^>]+src="[^"]*_images/[^"]+\.(?:png|jpe?g|svg)"', page.read_text())
     assert len(figures) >= 4, f"{len(figures)} figures in {page.name} built with {env}"

@@ -6,17 +6,17 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 
+tomllib = pytest.importorskip("tomllib")        # Python 3.11+
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"PIL": "pillow", "faster_coco_eval": "faster-coco-eval"}
-OPTIONAL = {"cv2"}        # lab.baselines' selective search: an optional extra
+DISTRIBUTIONS = {"PIL": "pillow", "faster_coco_eval": "faster-coco-eval", "cv2": "opencv-contrib-python-headless",
+                 "skimage": "scikit-image"}
 
 
 def _pyproject() -> dict:
@@ -34,16 +34,23 @@ def _third_party_imports() -> set[str]:
     return {n for n in found if n not in stdlib and n not in ("fasterrcnn_edu", "__future__")}
 
 
+def _floors(requirements: list[str]) -> dict[str, str]:
+    floors = {}
+    for requirement in requirements:
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][^,;\s]*)", requirement)
+        assert match, f"{requirement!r} has no floor (>=)"
+        floors[match[1].lower()] = match[2]
+    return floors
+
+
 def test_every_runtime_dependency_is_declared_with_a_floor():
-    declared = {}
-    for requirement in _pyproject()["project"]["dependencies"]:
-        name, floor = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][^,;\s]*)", requirement).groups()
-        declared[name.lower()] = floor
-    imported = {DISTRIBUTIONS.get(n, n).lower() for n in _third_party_imports() - OPTIONAL}
-    assert imported <= set(declared), f"not in pyproject dependencies: {imported - set(declared)}"
-    assert declared["torch"] == "2.4" and declared["torchvision"] == "0.19" and declared["faster-coco-eval"] == "1.6"
-    extras = " ".join(sum(_pyproject()["project"]["optional-dependencies"].values(), []))
-    assert "opencv-contrib-python-headless" in extras
+    project = _pyproject()["project"]
+    required = _floors(project["dependencies"])
+    optional = _floors(sum(project.get("optional-dependencies", {}).values(), []))
+    imported = {DISTRIBUTIONS.get(n, n).lower() for n in _third_party_imports()}
+    assert imported <= set(required) | set(optional), f"not in pyproject: {imported - set(required) - set(optional)}"
+    assert required["torch"] == "2.4" and required["torchvision"] == "0.19" and required["faster-coco-eval"] == "1.6"
+    assert {"numpy", "pillow", "matplotlib", "defusedxml", "tqdm"} <= set(required)
 
 
 def test_license_file_is_mit():

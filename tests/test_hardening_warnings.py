@@ -56,7 +56,7 @@ def test_paper_preset_without_weights_warns(tiny_shapes, tmp_path, no_training, 
     if extra[:2] == ["--set", "backbone=zf"]:
         assert "ZF starts from random weights" in err
     if warned:
-        assert "vgg16-397923af.pth" in err and "--backbone-weights" in err and err.startswith("warning: ")
+        assert "vgg16-397923af.pth" in err and "--backbone-weights PATH" in err and err.startswith("warning: ")
 
 
 def test_book_preset_trains_from_scratch_without_a_warning(tiny_shapes, tmp_path, no_training, capsys):

@@ -92,6 +92,21 @@ def test_plot_anchor_labels_counts():
     assert len(_rects(ax)) == 3 + 50 + 2
 
 
+def test_plot_anchor_matches_draws_each_objects_best_anchor_with_its_iou():
+    from fasterrcnn_edu.boxes import box_iou
+
+    anchors = torch.tensor([[0.0, 0, 16, 16], [0, 0, 32, 32], [8, 8, 40, 40], [30, 4, 62, 44]])
+    iou = box_iou(BOXES, anchors)                              # (G, A)
+    ax = viz.plot_anchor_matches(IMAGE, anchors, iou, BOXES, names=["a", "b", "c"])
+    assert len(_rects(ax)) == 3 + 3                            # ground truth + one best anchor each
+    tags = sorted(t.get_text() for t in ax.texts)
+    best = iou.max(dim=1).values
+    assert tags == sorted(f"{n} {v:.2f}" for n, v in zip("abc", best.tolist()))
+    labels = torch.tensor([1, 0, -1, 0])
+    ax = viz.plot_anchor_matches(IMAGE, anchors, iou, BOXES, labels=labels, max_negatives=1)
+    assert len(_rects(ax)) == 1 + 1 + 3 + 3                    # positives, negatives (1 of 2), GT, best anchors
+
+
 def test_plot_proposals_top_and_scores():
     props = torch.tensor([[0.0, 0, 10, 10]] * 80) + torch.arange(80.0)[:, None] % 30
     ax = viz.plot_proposals(IMAGE, props, scores=torch.rand(80), top=20, title="RPN")
@@ -109,7 +124,32 @@ def test_plot_nms_steps():
     rects = _rects(ax)
     assert len(rects) == 4
     assert sum(r.get_linestyle() == "--" for r in rects) == 4 - len(keep) == 2
-    assert any(t.get_text().startswith("#1 0.90") for t in ax.texts)
+    assert any(t.get_text().startswith("#1 s=0.90") for t in ax.texts)
+    assert any(t.get_text() == "s=0.80" for t in ax.texts)              # a score, not an IoU
+    ax = viz.plot_nms_steps(boxes, scores, keep, show_index=True)
+    assert sorted(t.get_text() for t in ax.texts if t.get_text().startswith("box ")) == [f"box {i}" for i in range(4)]
+
+
+def test_shared_colour_scale_for_proposal_panels():
+    props = torch.tensor([[0.0, 0, 10, 10]] * 8) + torch.arange(8.0)[:, None]
+    fig, axes = plt.subplots(1, 2)
+    for ax, scores in zip(axes, (torch.linspace(0.2, 0.4, 8), torch.linspace(0.5, 0.9, 8))):
+        viz.plot_proposals(IMAGE, props, scores, ax=ax, vmin=0.0, vmax=1.0, colorbar=False)
+    assert len(fig.axes) == 2                                            # no colour bar per panel
+    bar = viz.score_colorbar(fig, axes, 0.0, 1.0)
+    assert len(fig.axes) == 3 and bar.mappable.norm.vmin == 0.0 and bar.mappable.norm.vmax == 1.0
+    # the same score has the same colour in both panels
+    low = [r.get_edgecolor() for r in _rects(axes[0])]
+    assert low[0] != _rects(axes[1])[0].get_edgecolor()
+
+
+def test_mark_cross_class_duplicates():
+    detections = {"boxes": torch.tensor([[0.0, 0, 20, 20], [2, 0, 22, 20], [1, 1, 21, 21], [40, 40, 50, 50]]),
+                  "labels": torch.tensor([1, 2, 1, 2]), "scores": torch.tensor([0.9, 0.6, 0.2, 0.8])}
+    ax = viz.show_image(IMAGE)
+    pairs = viz.mark_cross_class_duplicates(ax, detections, ["ring", "star"], score_threshold=0.5)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1)] and pairs[0][2] > 0.3
+    assert "star 0.60 survives" in ax.texts[0].get_text()
 
 
 def test_roi_pool_bins_match_torchvision():

@@ -51,6 +51,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(path: str | Path) -> str:
+    """One line naming a model file and the first 12 hex digits of its SHA-256.
+
+    Chapters print it in a checked cell next to outputs that depend on the model, so a notebook
+    whose stored outputs came from another model file fails its tests until it is re-executed.
+    """
+    return f"{Path(path).name}: sha256 {file_sha256(path)[:12]}"
+
+
 def round_floats(data, digits: int = 6):
     """Round every float in nested dicts/lists (NaN becomes None) so the JSON files diff cleanly."""
     if isinstance(data, float):
