@@ -500,9 +500,7 @@ def config_differences(saved: dict, cfg: Config) -> list[str]:
 
 def _resumable_state(path: str | Path, mode: str, cfg: Config) -> dict:
     """The checkpoint at `path`, refused (CheckpointError) unless it continues this mode and configuration."""
-    state = load_checkpoint(path)
-    if "mode" not in state or "networks" not in state:
-        raise CheckpointError(f"{path} is not a training checkpoint (no mode/networks): pass the run's checkpoint.pt")
+    state = load_checkpoint(path, expect="training")
     if state["mode"] != mode:
         raise CheckpointError(f"{path} was written by mode {state['mode']!r}, not {mode!r}")
     differences = config_differences(state.get("config", {}), cfg)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import average_recall, evaluate_voc, recall_vs_iou
 from fasterrcnn_edu.lab.baselines import sliding_window_proposals
@@ -499,12 +500,12 @@ def register(subparsers, formatter_class) -> None:
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name in ("recall", "test-time", "anchors"):
         p = sub.add_parser(name, formatter_class=formatter_class, help=f"the {name} ablation")
-        p.add_argument("--data", type=Path, default=Path("data/shapes"), help="VOC-layout folder")
+        p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="VOC-layout folder")
         p.add_argument("--split", default="test", help="evaluation split")
         p.add_argument("--out", type=Path, required=True, help="JSON file to write")
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--limit", type=int, default=0, help="use only the first N evaluation images (0: all)")
-        p.add_argument("--model", type=Path, default=Path("data/reference_model.pt"))
+        p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
         if name == "anchors":
             p.add_argument("--train-split", default="trainval")
             p.add_argument("--iterations-scale", type=float, default=1.0,

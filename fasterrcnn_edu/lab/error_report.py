@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.error_analysis import ERROR_TYPES
 from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats, write_json
 
@@ -64,8 +65,8 @@ def register(subparsers, formatter_class) -> None:
     p = subparsers.add_parser("errors", formatter_class=formatter_class,
                               help="break a detector's errors into TIDE's types, with the mAP each costs (JSON + PNG)",
                               description=__doc__)
-    p.add_argument("--model", type=Path, default=Path("data/reference_model.pt"), help="model.pt or checkpoint.pt")
-    p.add_argument("--data", type=Path, default=Path("data/shapes"), help="VOC-layout folder")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model.pt or checkpoint.pt")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="VOC-layout folder")
     p.add_argument("--split", default="test", help="split to analyse")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     p.add_argument("--score-threshold", type=float, default=0.5,

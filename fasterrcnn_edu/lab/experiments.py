@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Subset
 
+from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.evaluation import average_recall, recall_vs_iou
 from fasterrcnn_edu.inference import predict_proposals
@@ -306,7 +307,7 @@ def register(subparsers, formatter_class) -> None:
                               help="RPN-only training for several λ (paper Table 9), recall of the proposals",
                               description="Chapter 3's experiment: train the RPN alone with several λ and "
                                           "measure the recall of its proposals; writes a JSON file.")
-    p.add_argument("--data", type=Path, default=Path("data/shapes"), help="VOC-layout folder")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="VOC-layout folder")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--val-images", type=int, default=200, help="first N images of the val split (0: all)")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
@@ -333,8 +334,8 @@ def register(subparsers, formatter_class) -> None:
                                    help="per-stage timing and scaling of a trained detector (JSON)",
                                    description="Chapter 9's measurements: time per stage, against image size "
                                                "and against the number of proposals; writes a JSON file.")
-    parser.add_argument("--model", type=Path, default=Path("data/reference_model.pt"))
-    parser.add_argument("--data", type=Path, default=Path("data/shapes"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", default="test")
     parser.add_argument("--index", type=int, default=0, help="which image of the split to time")
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 300, 400, 500, 600, 700, 800])

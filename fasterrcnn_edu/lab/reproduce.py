@@ -56,7 +56,9 @@ MODEL = "data/reference_model.pt"
 # Quiet OpenMP threads: only the speed on a busy machine changes, not the results (data/experiments/README.md).
 PASSIVE = (("OMP_WAIT_POLICY", "PASSIVE"),)
 # Files under data/ that no target makes: the data set, the prose, the manifest itself, the tests' table.
-NOT_RESULTS = ("data/shapes/", "data/README.md", "data/experiments/README.md", MANIFEST, "data/quoted_numbers.json")
+# Inputs, not results: the generated data set (checked by the shapes-figures target) and the
+# photographs' hand-drawn boxes (data/photos/README.md says who drew them and how).
+NOT_RESULTS = ("data/shapes/", "data/photos/", "data/README.md", "data/experiments/README.md", MANIFEST, "data/quoted_numbers.json")
 # What a command step runs: this interpreter, so the commands use the package it imports.
 PROGRAM = (sys.executable, "-m", "fasterrcnn_edu")
 
