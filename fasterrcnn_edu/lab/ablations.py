@@ -55,7 +55,7 @@ __all__ = [
     "PARTS", "stage_table", "plot_training_stages", "same_weights",
     "ProposalVariant", "DEFAULT_VARIANTS", "variant_proposals", "proposals_for_image", "detect_variants",
     "evaluate_variants",
-    "recall_experiment", "ANCHOR_SETTINGS", "anchor_variant", "finetune_steps_3_4", "anchor_experiment",
+    "recall_experiment", "ANCHOR_SETTINGS", "anchors_at_scale", "anchor_variant", "finetune_steps_3_4", "anchor_experiment",
     "read_log", "file_sha256",
 ]
 
@@ -358,9 +358,10 @@ def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1
     """Recall vs IoU of the top-N RPN proposals and of `sliding_window_proposals`, for each N.
 
     Returns {"counts": [...], "methods": {"RPN": {str(N): {"iou": [...], "recall": [...],
-    "average_recall": AR}}, "sliding windows": {...}}, "proposals_per_image": {method: mean count
-    of the top-max(counts)}, "ground_truth": number of non-difficult objects}. Difficult objects
-    are left out, as in the VOC metric.
+    "average_recall": AR}}, "sliding windows": {...}}, "proposals_per_image": {method: {str(N):
+    mean number of boxes per image among the top N}}, "ground_truth": number of non-difficult
+    objects}. The RPN's pre-NMS cap rises with N (`inference.predict_proposals`), so each N
+    really ranks up to N proposals. Difficult objects are left out, as in the VOC metric.
     """
     top = max(counts)
     rpn = predict_proposals(model, dataset, top, device, batch_size)
@@ -374,9 +375,10 @@ def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1
         sliding.append(sliding_window_proposals(image, max_proposals=top, **(sliding_window or {})))
         gt.append(target["boxes"])
         difficult.append(target.get("difficult", torch.zeros(len(target["boxes"]), dtype=torch.bool)))
+    # Boxes per image actually ranked for each N (NMS can leave fewer than N).
     out = {"counts": list(counts), "methods": {},
-           "proposals_per_image": {"RPN": float(np.mean([len(p) for p in rpn])),
-                                   "sliding windows": float(np.mean([len(p) for p in sliding]))},
+           "proposals_per_image": {name: {str(n): float(np.mean([min(len(p), n) for p in boxes])) for n in counts}
+                                   for name, boxes in (("RPN", rpn), ("sliding windows", sliding))},
            "ground_truth": int(sum(int((~d.bool()).sum()) for d in difficult))}
     for name, proposals in (("RPN", rpn), ("sliding windows", sliding)):
         out["methods"][name] = {}
@@ -390,8 +392,10 @@ def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1
 # ---------------------------------------------------------------------------------------------
 # Chapter 8: anchor settings (paper Table 8), new RPN heads on frozen conv layers
 # ---------------------------------------------------------------------------------------------
-# The book preset's anchors are 32², 64², 128² (scales 2, 4, 8 of the 16-pixel base) for 320×256
-# images: the paper's 128², 256², 512² at s = 600 scaled down. Ratios are height / width.
+# Anchor settings at the shapes images' native scale (the book preset, 256-pixel shorter side): the
+# default 32², 64², 128² are scales 2, 4, 8 of the 16-pixel base, the paper's 128², 256², 512² at
+# s = 600 divided by 4. `anchors_at_scale` converts them for a model that resizes the images (the
+# reference model works at 512 pixels: the same anchors relative to the objects). Ratios are h / w.
 ANCHOR_SETTINGS = {
     "1 scale (32²), 1 ratio": {"anchor_scales": (2,), "anchor_ratios": (1.0,)},
     "1 scale (64²), 1 ratio": {"anchor_scales": (4,), "anchor_ratios": (1.0,)},
@@ -400,6 +404,14 @@ ANCHOR_SETTINGS = {
     "3 scales, 1 ratio": {"anchor_scales": (2, 4, 8), "anchor_ratios": (1.0,)},
     "3 scales, 3 ratios": {"anchor_scales": (2, 4, 8), "anchor_ratios": (0.5, 1.0, 2.0)},
 }
+
+
+def anchors_at_scale(setting: dict, cfg: Config) -> dict:
+    """The Config overrides of an `ANCHOR_SETTINGS` entry for a model whose images are resized to
+    `cfg.min_size`: the scales grow with the image, so the anchors cover the same objects."""
+    factor = cfg.min_size / Config.book().min_size
+    return {"anchor_scales": tuple(scale * factor for scale in setting["anchor_scales"]),
+            "anchor_ratios": tuple(setting["anchor_ratios"])}
 
 
 def scaled_config(cfg: Config, iterations_scale: float) -> Config:
@@ -465,7 +477,8 @@ def anchor_experiment(reference: FasterRCNN, train_set, test_set, classes: Seque
     report = {"iterations_scale": iterations_scale, "results": {}}
     for name, overrides in settings.items():
         scaled = scaled_config(reference.cfg, iterations_scale)
-        model = anchor_variant(reference, **overrides, stage_rpn2=scaled.stage_rpn2, stage_det2=scaled.stage_det2)
+        model = anchor_variant(reference, **anchors_at_scale(overrides, reference.cfg),
+                               stage_rpn2=scaled.stage_rpn2, stage_det2=scaled.stage_det2)
         log, seconds = finetune_steps_3_4(model, train_set, device, progress)
         cfg = model.cfg
         detections, targets = predict_dataset(model, test_set, device)
@@ -477,7 +490,8 @@ def anchor_experiment(reference: FasterRCNN, train_set, test_set, classes: Seque
         at = {round(float(t), 2): float(r) for t, r in zip(thresholds, recall)}
         report["results"][name] = {
             "anchor_scales": list(cfg.anchor_scales), "anchor_ratios": list(cfg.anchor_ratios),
-            "anchor_sides": [cfg.anchor_base_size * s for s in cfg.anchor_scales], "k": cfg.num_anchors,
+            "anchor_sides": [cfg.anchor_base_size * s for s in overrides["anchor_scales"]],   # native pixels
+            "image_scale": cfg.min_size / Config.book().min_size, "k": cfg.num_anchors,
             "voc07_map": voc07.map, "ap": voc07.ap,
             "recall_300_at_0.5": at[0.5], "recall_300_at_0.7": at[0.7],
             "average_recall_300": average_recall(thresholds, recall),
