@@ -266,7 +266,8 @@ def plot_stage_times(profiles: Mapping[str, Mapping[str, float]], ax=None, unit:
             if name == group:
                 return tuple(base)
             if name in members:
-                shade = 0.45 * (1 - members.index(name) / max(len(members) - 1, 1))   # 0.45 .. 0 towards white
+                # towards white, 0.45 .. 0 from the first member to the last; a group's only member: its colour
+                shade = 0.45 * (1 - members.index(name) / (len(members) - 1)) if len(members) > 1 else 0.0
                 return tuple(base + (1 - base) * shade)
         return class_color(len(PAPER_GROUPS) + fallback)
 
