@@ -8,7 +8,7 @@ Modules: `voc` (VOC layout and XML), `coco` (COCO JSON), `dataset` (shared recor
 format), `images` (safe decoding), `augment` (horizontal flip), `check` (whole-folder
 validation), `synthetic` (the generator), `stats` (statistics and figures), `commands` (CLI).
 """
-from fasterrcnn_edu.data.augment import RandomHorizontalFlip, hflip
+from fasterrcnn_edu.data.augment import RandomHorizontalFlip, hflip_target
 from fasterrcnn_edu.data.check import CheckReport, check_dataset
 from fasterrcnn_edu.data.coco import CocoDataset, write_coco_json
 from fasterrcnn_edu.data.dataset import DetectionDataset, ImageRecord, collate_detection
@@ -21,7 +21,7 @@ from fasterrcnn_edu.data.voc import (VOC_CLASSES, VOCAnnotation, VOCDataset, VOC
 
 __all__ = [
     "VOCDataset", "CocoDataset", "DetectionDataset", "ImageRecord", "VOC_CLASSES", "SHAPE_CLASSES",
-    "RandomHorizontalFlip", "hflip", "collate_detection", "write_coco_json",
+    "RandomHorizontalFlip", "hflip_target", "collate_detection", "write_coco_json",
     "VOCAnnotation", "VOCObject", "parse_voc_xml", "write_voc_xml",
     "DataError", "DataWarning", "load_image", "read_image_tensor",
     "CheckReport", "check_dataset", "generate_dataset",

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from fasterrcnn_edu.transforms import hflip as flip_image_and_boxes
+from fasterrcnn_edu.transforms import hflip
 
 
-def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+def hflip_target(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     """Mirror an image left-right and its boxes with it: `fasterrcnn_edu.transforms.hflip` on a target dict.
 
     image: (C, H, W); target["boxes"]: (N, 4) x1, y1, x2, y2 in continuous pixel coordinates.
@@ -18,7 +18,7 @@ def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     x1' = W - x2 and x2' = W - x1 (no "- 1": that belongs to the 1-based inclusive convention).
     The caller's dict is never modified (it may be cached).
     """
-    image, boxes = flip_image_and_boxes(image, target["boxes"])
+    image, boxes = hflip(image, target["boxes"])
     return image, dict(target, boxes=boxes)
 
 
@@ -38,7 +38,7 @@ class RandomHorizontalFlip:
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
         if torch.rand(1, generator=self.generator).item() < self.p:
-            return hflip(image, target)
+            return hflip_target(image, target)
         return image, target
 
     def __repr__(self) -> str:

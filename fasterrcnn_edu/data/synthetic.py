@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+import torch
+
+from fasterrcnn_edu.boxes import box_iou
 from fasterrcnn_edu.data.voc import VOCAnnotation, VOCObject, write_voc_xml
 
 SHAPE_CLASSES = ("ellipse", "rectangle", "triangle", "cross", "star", "ring")
@@ -122,14 +125,10 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def box_iou(a: tuple, b: tuple) -> float:
-    """IoU of two boxes (x1, y1, x2, y2)."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+def pair_iou(a: tuple, b: tuple) -> float:
+    """IoU of two boxes (x1, y1, x2, y2) with integer pixel coordinates: `boxes.box_iou` in float64,
+    which is exact for them (the generator's decisions must not depend on float32 rounding)."""
+    return float(box_iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))[0, 0])
 
 
 # --- background -----------------------------------------------------------------------------
@@ -276,7 +275,7 @@ def acceptable(mask: np.ndarray, full_area: int, name: str, names: list[str], ma
     for j in range(len(masks) - 1, -1, -1):
         if (masks[j] & later).sum() > MAX_OCCLUSION * masks[j].sum():
             return False
-        if names[j] == name and box_iou(box, mask_box(masks[j])) > MAX_SAME_CLASS_IOU:
+        if names[j] == name and pair_iou(box, mask_box(masks[j])) > MAX_SAME_CLASS_IOU:
             return False
         later |= masks[j]
     return True
