@@ -682,6 +682,8 @@ def run_targets(names: Sequence[str], root: Path, manifest_path: Path, force: bo
         except ReproduceError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        # Re-read before writing: another `reproduce` process may have recorded a target meanwhile.
+        manifest = load_manifest(manifest_path)
         manifest["targets"][target.name] = new_entry
         _write_manifest(manifest, root, manifest_path)
         tqdm.write(f"{target.name}: done in {new_entry['wall_seconds']:.0f} s; {manifest_path} updated")
