@@ -83,7 +83,7 @@ def register(subparsers, formatter_class) -> None:
 
     p = subparsers.add_parser("eval", formatter_class=formatter_class, help="evaluate a trained detector",
                               description="VOC mAP per class (11-point VOC07 and area AP), COCO AP@[.5:.95] and "
-                                          "recall vs IoU of the proposals; writes metrics.json and PNG plots.\n"
+                                          "recall vs IoU of the proposals; writes metrics.json, detections.pt (the detections, re-scorable without the model) and PNG plots.\n"
                                           "Images that cannot be read are listed and left out.")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model.pt or checkpoint.pt")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="VOC-layout folder")
@@ -323,7 +323,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from fasterrcnn_edu.checkpoint import load_model
     from fasterrcnn_edu.data import VOCDataset
     from fasterrcnn_edu.data.check import unreadable_images
-    from fasterrcnn_edu.inference import evaluate_model
+    from fasterrcnn_edu.inference import evaluate_model, save_detections
     from fasterrcnn_edu.training import AMP_DTYPES
     from fasterrcnn_edu.viz import plot_pr_curves, plot_recall_vs_iou
 
@@ -356,7 +356,9 @@ def eval_command(args: argparse.Namespace) -> int:
         "errors": skipped,                # image id -> why it was left out
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    written = ["metrics.json"]
+    # The detections behind every number above, so that they can be re-scored without the model.
+    save_detections(result["detections"], [dataset.ids[i] for i in subset.indices], out / "detections.pt")
+    written = ["metrics.json", "detections.pt"]
     if np.isfinite(result["voc07"].map):          # without ground truth there is no curve to draw
         save_figure(plot_pr_curves(result["voc07"]), out / "pr_curves.png")
         written.append("pr_curves.png")

@@ -5,10 +5,15 @@ VOC2010+, a COCO-style AP@[.5:.95] cross-check, and recall vs IoU of the RPN's p
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
+from fasterrcnn_edu.checkpoint import CheckpointError, atomic_write
 from fasterrcnn_edu.evaluation import evaluate_coco, evaluate_voc, recall_vs_iou
+
+DETECTIONS_FORMAT = "fasterrcnn_edu-detections/1"
 
 
 def _batches(dataset, batch_size: int):
@@ -68,3 +73,25 @@ def evaluate_model(model: nn.Module, dataset, classes: list[str], device="cpu", 
         recall[n] = {"iou": thresholds.tolist(), "recall": values.tolist()}
     return {"voc07": voc07, "voc12": voc12, "coco": coco, "recall_vs_iou": recall,
             "detections": detections, "targets": targets, "proposals": proposals}
+
+
+def save_detections(detections: list[dict], image_ids: list[str], path: str | Path) -> Path:
+    """Write the detections of a data set (one dict of boxes (D, 4), labels (D,), scores (D,) per image,
+    in `image_ids` order) atomically, as plain tensors: what `eval` measured, reusable without the model."""
+    state = {"format": DETECTIONS_FORMAT, "image_ids": list(image_ids),
+             "detections": [{k: d[k].detach().cpu() for k in ("boxes", "labels", "scores")} for d in detections]}
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_detections(path: str | Path) -> tuple[list[str], list[dict]]:
+    """(image ids, detections) written by `save_detections`; CheckpointError names a file of another kind."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: detections file not found") from None
+    except Exception as exc:                         # corrupt, truncated, pickled objects
+        raise CheckpointError(f"{path}: not a readable detections file ({exc.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != DETECTIONS_FORMAT:
+        raise CheckpointError(f"{path} is not a detections file (expected format {DETECTIONS_FORMAT!r})")
+    return list(state["image_ids"]), list(state["detections"])
