@@ -1,4 +1,4 @@
-"""The built book, as a reader sees it: every page of the table of contents opened in headless Chromium.
+r"""The built book, as a reader sees it: every page of the table of contents opened in headless Chromium.
 
 Uses the HTML in `_build/html` (`.ci/run` builds it first); if it is missing, the book is built here
 with `jupyter-book build . --all -W -n --keep-going`, which executes every notebook (minutes).
@@ -307,7 +307,7 @@ def test_anchor_explorer_in_jupyterlab(jupyterlab, browser):
         tab.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         tab.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         # every code cell has run when every prompt is a number: "[12]:" (running cells show "[*]:")
-        tab.wait_for_function(f"""() => {{ const p = ({_PROMPTS_JS})();
+        tab.wait_for_function(rf"""() => {{ const p = ({_PROMPTS_JS})();
                                            return p.length > 0 && p.every(t => /\[\d+\]/.test(t)); }}""",
                               timeout=240_000, polling=500)
         errors = tab.evaluate(_OUTPUT_ERRORS_JS)
