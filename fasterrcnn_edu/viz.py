@@ -308,7 +308,7 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
 
     anchors: (A, 4); labels: (A,) with 1 = positive, 0 = negative, -1 = ignored; gt_boxes: (G, 4).
     Draws every positive (green), a random sample of at most max_negatives negatives (thin red)
-    and the ground truth (thick). Ignored anchors are not drawn.
+    and the ground truth in the book's neutral style (`draw_ground_truth`). Ignored anchors are not drawn.
     """
     ax = show_image(image, ax=ax)
     anchors = _np(anchors).reshape(-1, 4)
@@ -317,14 +317,14 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
     if len(negatives) > max_negatives:
         negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
     draw_boxes(ax, anchors[negatives], color=NEGATIVE_COLOR, linewidth=0.6, alpha=0.7)
-    draw_boxes(ax, gt_boxes, color=GT_COLOR, linewidth=3.0)
-    # Positives last, so the thick ground truth does not hide them.
+    # Positives before the ground truth: the dashed outline stays visible on the anchors that match it.
     draw_boxes(ax, anchors[labels == 1], color=POSITIVE_COLOR, linewidth=1.3)
+    draw_ground_truth(ax, gt_boxes)
     n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
     ax.legend(handles=[Line2D([], [], color=POSITIVE_COLOR, label=f"positive ({n_pos})"),
                        Line2D([], [], color=NEGATIVE_COLOR, lw=0.6,
                               label=f"negative ({len(negatives)} of {n_neg})"),
-                       Line2D([], [], color=GT_COLOR, lw=3, label="ground truth")],
+                       Line2D([], [], color="0.35", lw=1.3, ls="--", label="ground truth")],
               fontsize=7, loc="upper right")
     return ax
 
