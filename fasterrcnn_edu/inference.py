@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn_edu.checkpoint import CheckpointError, atomic_write
+from fasterrcnn_edu.checkpoint import CheckpointError, atomic_write, read_torch_file
 from fasterrcnn_edu.evaluation import evaluate_coco, evaluate_voc, recall_vs_iou
 
 DETECTIONS_FORMAT = "fasterrcnn_edu-detections/1"
@@ -85,13 +85,7 @@ def save_detections(detections: list[dict], image_ids: list[str], path: str | Pa
 
 def load_detections(path: str | Path) -> tuple[list[str], list[dict]]:
     """(image ids, detections) written by `save_detections`; CheckpointError names a file of another kind."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: detections file not found") from None
-    except Exception as exc:                         # corrupt, truncated, pickled objects
-        raise CheckpointError(f"{path}: not a readable detections file ({exc.__class__.__name__})") from None
+    state = read_torch_file(path, "detections file")
     if not isinstance(state, dict) or state.get("format") != DETECTIONS_FORMAT:
         raise CheckpointError(f"{path} is not a detections file (expected format {DETECTIONS_FORMAT!r})")
     return list(state["image_ids"]), list(state["detections"])

@@ -82,7 +82,7 @@ class FasterRCNN(nn.Module):
         batch, targets = self.transform(images, targets)
         features = self.features(batch.tensors)
         if all("proposals" in t for t in targets):
-            proposals = scale_to_batch([t["proposals"] for t in targets], batch)
+            proposals = [t["proposals"] for t in targets]          # rescaled by the transform
         else:
             source = proposer if proposer is not None else self
             with torch.no_grad():
@@ -105,14 +105,6 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **det_losses}
         return self.transform.postprocess(detections, batch)
-
-
-def scale_to_batch(boxes: list[Tensor], batch: ImageBatch) -> list[Tensor]:
-    """Boxes given in each input image's pixels (B tensors (P_b, 4)) -> the resized images' pixels."""
-    sizes = batch.image_sizes.to(torch.float32)                                   # (B, 2) resized (h, w)
-    original = torch.tensor(batch.original_sizes, dtype=torch.float32, device=sizes.device)
-    factors = (sizes / original).flip(1).repeat(1, 2)                             # (B, 4) sx, sy, sx, sy
-    return [b.to(factors.device, torch.float32) * f for b, f in zip(boxes, factors)]
 
 
 class UnsharedFasterRCNN(nn.Module):

@@ -433,21 +433,20 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
         net.to(device).train()
         net.set_generator(generator)
 
-    start_stage, start_step, log, elapsed, optimizer_state = 0, 0, [], 0.0, None
+    start_stage, start_step, log, elapsed, optimizer_state, replayed = 0, 0, [], 0.0, None, []
     if resume is not None:
         saved = _resumable_state(resume, mode, cfg)
         start_stage, start_step = saved["stage_index"], saved["stage_step"]
         # Redo the freezing/re-initialising of the stages the interrupted run had started, then
         # restore its weights (which overwrite any re-initialised head).
-        for make in STEPS[mode][: start_stage + (1 if start_step > 0 else 0)]:
-            make(nets, cfg)
+        replayed = [make(nets, cfg) for make in STEPS[mode][: start_stage + (1 if start_step > 0 else 0)]]
         for name, weights in saved["networks"].items():
             nets[name].load_state_dict(weights)
         optimizer_state = saved["optimizer"]
         generator.set_state(saved["generator"])
         log, elapsed = list(saved["log"]), float(saved["seconds"])
 
-    steps_before = sum(getattr(cfg, _schedule_field(make)).iterations for make in STEPS[mode][:start_stage])
+    steps_before = sum(stage.schedule.iterations for stage in replayed[:start_stage])
     for stage_index in range(start_stage, len(STEPS[mode])):
         mid_stage = resume is not None and stage_index == start_stage and start_step > 0
         stage = STEPS[mode][stage_index](nets, cfg)
@@ -481,11 +480,6 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
         save_model(model, out / "model.pt", cfg, classes, {"mode": mode, "train_seconds": elapsed})
         write_log(log, out)
     return TrainResult(model, log, elapsed, out)
-
-
-def _schedule_field(make: Callable) -> str:
-    return {step1_rpn: "stage_rpn1", step2_detector: "stage_det1", step3_rpn_frozen: "stage_rpn2",
-            step4_detector_frozen: "stage_det2", joint: "joint"}[make]
 
 
 def config_differences(saved: dict, cfg: Config) -> list[str]:

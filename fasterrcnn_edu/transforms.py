@@ -25,6 +25,9 @@ class ImageBatch:
     scales: Tensor
     original_sizes: list[tuple[int, int]]
 
+# Target keys that hold boxes (N, 4) in input-image pixels, rescaled with the image.
+BOX_KEYS = ("boxes", "proposals")
+
 
 def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
     """The factor that makes the shorter side `min_size`, unless the longer would exceed `max_size`."""
@@ -99,8 +102,10 @@ class ImageTransform:
         tensors, image_sizes = batch_images(prepared, self.size_divisible)
         scales_t = torch.tensor(scales, dtype=torch.float32, device=tensors.device)
         if targets is not None:
-            # Sizes were rounded, so each axis gets its own exact factor.
-            targets = [dict(t, boxes=t["boxes"].float() * _xy_factors(size, orig).to(t["boxes"].device))
+            # Sizes were rounded, so each axis gets its own exact factor. Every box-valued key moves:
+            # the ground truth and, in the detector steps of 4-step training, the stored proposals.
+            targets = [dict(t, **{k: t[k].float() * _xy_factors(size, orig).to(t[k].device)
+                                  for k in BOX_KEYS if k in t})
                        for t, size, orig in zip(targets, image_sizes.tolist(), original_sizes)]
         return ImageBatch(tensors, image_sizes, scales_t, original_sizes), targets
 
