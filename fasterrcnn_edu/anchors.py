@@ -71,13 +71,20 @@ def grid_anchors(base: Tensor, feature_size: tuple[int, int], stride: int | floa
     return (shifts + base.reshape(1, -1, 4)).reshape(-1, 4)
 
 
+def feature_map_size(image_size: tuple[int, int], stride: int = 16) -> tuple[int, int]:
+    """The (height, width) of the feature map of an image of (height, width) pixels: ceil(size / stride),
+    as the backbone's padded convolutions and poolings give (a 600×1000 image at stride 16: 38×63)."""
+    height, width = image_size
+    return math.ceil(height / stride), math.ceil(width / stride)
+
+
 def num_anchors(image_size: tuple[int, int], stride: int = 16, k: int = 9) -> int:
     """How many anchors an image of (height, width) pixels has: ceil(H/stride) * ceil(W/stride) * k.
 
     For the paper's ~1000×600 image and stride 16 this is 63 * 38 * 9 = 21546 ("~20000", §3.1.1).
     """
-    height, width = image_size
-    return math.ceil(height / stride) * math.ceil(width / stride) * k
+    rows, columns = feature_map_size(image_size, stride)
+    return rows * columns * k
 
 
 class AnchorGenerator:
@@ -88,6 +95,12 @@ class AnchorGenerator:
         self.base = base_anchors(base_size, ratios, scales, legacy)
         self.stride = stride
         self._cache: dict[tuple, Tensor] = {}
+
+    @classmethod
+    def from_sizes(cls, sizes, ratios=(0.5, 1.0, 2.0), stride: int = 16) -> "AnchorGenerator":
+        """Anchors given by their side in pixels (torchvision's way, e.g. sizes (128, 256, 512)) rather
+        than by scale: the base box is one stride cell, so scale = size / stride."""
+        return cls(base_size=stride, ratios=ratios, scales=[size / stride for size in sizes], stride=stride)
 
     @property
     def num_anchors_per_location(self) -> int:

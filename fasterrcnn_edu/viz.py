@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from fasterrcnn_edu.anchors import feature_map_size
+
 __all__ = [
     "class_color", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
     "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_anchor_matches", "plot_proposals", "score_colorbar",
@@ -814,7 +816,7 @@ def plot_rpn_head(model, image_size: tuple[int, int] | None = None, ax: Axes | N
     cfg = model.cfg
     image_size = image_size or (cfg.min_size, cfg.max_size)
     stride = model.backbone.stride
-    h, w = -(-image_size[0] // stride), -(-image_size[1] // stride)
+    h, w = feature_map_size(image_size, stride)
     with torch.no_grad():
         device = next(model.parameters()).device
         features = torch.zeros(1, head.conv.in_channels, h, w, device=device)

@@ -263,3 +263,16 @@ def test_anchor_experiment_tiny_sweep(tmp_path):
     assert 0.0 <= last["voc07_map"] <= 1.0 and 0.0 <= last["recall_300_at_0.5"] <= 1.0
     assert set(first["final_losses"]) == {"3-rpn-frozen", "4-detector-frozen"}
     assert json.loads(out.read_text())["results"].keys() == report["results"].keys()
+
+
+def test_plot_against_paper_draws_changes_relative_to_the_reference_row():
+    import matplotlib
+    matplotlib.use("Agg")
+    from fasterrcnn_edu.lab.ablations import plot_against_paper
+
+    results = {"RPN 300": {"voc07_map": 0.80}, "RPN 100": {"voc07_map": 0.75}, "RPN 50": {"voc07_map": 0.70}}
+    paper = {"RPN 300": 56.8, "RPN 100": 55.1, "RPN 50": None}
+    ax = plot_against_paper(results, paper)
+    widths = sorted(round(bar.get_width(), 6) for bar in ax.patches)
+    assert widths == [-5.0, round(55.1 - 56.8, 6)]              # one row (RPN 100): ours, then the paper's
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["RPN 100"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fasterrcnn_edu.anchors import AnchorGenerator, base_anchors, grid_anchors, num_anchors
+from fasterrcnn_edu.anchors import AnchorGenerator, base_anchors, feature_map_size, grid_anchors, num_anchors
 from fasterrcnn_edu.rpn import RPNHead
 
 # py-faster-rcnn lib/rpn/generate_anchors.py, generate_anchors() with its defaults.
@@ -59,6 +59,22 @@ def test_grid_anchor_order(height, width, stride):
             for a in range(k):
                 shift = torch.tensor([x * stride, y * stride, x * stride, y * stride], dtype=torch.float32)
                 assert torch.equal(grid[(y * width + x) * k + a], base[a] + shift)
+
+
+def test_feature_map_size_rounds_up():
+    assert feature_map_size((600, 1000)) == (38, 63)
+    assert feature_map_size((256, 320)) == (16, 20)
+    assert feature_map_size((257, 320)) == (17, 20)                # a partial cell still has a position
+    assert feature_map_size((256, 320), stride=32) == (8, 10)
+
+
+def test_from_sizes_gives_anchors_of_those_sides():
+    generator = AnchorGenerator.from_sizes((32, 64, 128), ratios=(1.0,), stride=16)
+    sides = generator.base[:, 2] - generator.base[:, 0]
+    assert torch.allclose(sides, torch.tensor([32.0, 64.0, 128.0]))
+    # the book preset's anchors (base 16, scales 2, 4, 8) are sizes 32, 64, 128
+    book = AnchorGenerator(16, (0.5, 1.0, 2.0), (2, 4, 8), 16)
+    assert torch.allclose(AnchorGenerator.from_sizes((32, 64, 128)).base, book.base)
 
 
 def test_num_anchors_paper_image():

@@ -19,7 +19,6 @@ scikit-image is needed only here: `pip install scikit-image` (it is in requireme
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -27,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fasterrcnn_edu.anchors import AnchorGenerator
+from fasterrcnn_edu.anchors import AnchorGenerator, feature_map_size
 from fasterrcnn_edu.data.errors import DataError
 from fasterrcnn_edu.data.voc import parse_voc_xml, read_classes, read_split
 from fasterrcnn_edu.transforms import _xy_factors, resize_image, resize_scale, resized_size
@@ -135,6 +134,6 @@ def scaled_photo(photo_id: str, cfg, root: str | os.PathLike = PHOTOS) -> Scaled
     size = resized_size(height, width, scale)
     target = dict(target, boxes=target["boxes"] * _xy_factors(size, (height, width)))
     stride = cfg.anchor_base_size
-    feature_size = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+    feature_size = feature_map_size(size, stride)
     generator = AnchorGenerator(cfg.anchor_base_size, cfg.anchor_ratios, cfg.anchor_scales, stride, cfg.legacy_anchors)
     return ScaledPhoto(resized, target, generator(feature_size, torch.device("cpu")), feature_size, scale)

@@ -54,7 +54,7 @@ from fasterrcnn_edu.training import (STEPS, StageState, build_networks, run_stag
 __all__ = [
     "PARTS", "stage_table", "plot_training_stages", "same_weights",
     "ProposalVariant", "DEFAULT_VARIANTS", "variant_proposals", "proposals_for_image", "detect_variants",
-    "evaluate_variants",
+    "evaluate_variants", "PAPER_TABLE2", "plot_against_paper",
     "recall_experiment", "ANCHOR_SETTINGS", "anchors_at_scale", "anchor_variant", "finetune_steps_3_4", "anchor_experiment",
     "read_log", "file_sha256",
 ]
@@ -348,6 +348,42 @@ def evaluate_variants(model: FasterRCNN, dataset, classes: Sequence[str],
                                  "voc12_map": voc12.map, "ap": voc07.ap,
                                  "boxes_per_image": round(mean_boxes[variant.name], 2)}
     return results
+
+
+# The paper's Table 2 (journal / arXiv v3 numbering): ZF, VOC 2007 test, a Fast R-CNN detector trained on
+# Selective Search proposals and an unshared RPN; mAP in %. None: the paper has no such row.
+PAPER_TABLE2 = {
+    "RPN 300": 56.8, "RPN 100": 55.1, "RPN 50": None, "RPN 1000": 56.3,
+    "RPN (no NMS) 300": None, "RPN (no NMS) 1000": None, "RPN (no NMS) 6000": 55.2,
+    "RPN (no cls) 100": 44.6, "RPN (no cls) 300": 51.4, "RPN (no cls) 1000": 55.8,
+    "RPN (no reg) 300": 52.1, "RPN (no reg) 1000": 51.3,
+}
+
+
+def plot_against_paper(results: dict, paper: dict = PAPER_TABLE2, reference: str = "RPN 300", ax=None):
+    """Each test-time variant's mAP change against `reference`, in points, ours beside the paper's.
+
+    The absolute numbers cannot be compared (another network, data set and detector), the direction and
+    rough size of each change can. results: name -> {"voc07_map": fraction}, as in
+    test_time_ablations.json; paper: name -> mAP in % or None. Only rows both have are drawn.
+    Returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n, value in paper.items() if value is not None and n in results and n != reference]
+    ours = [100 * (results[n]["voc07_map"] - results[reference]["voc07_map"]) for n in names]
+    theirs = [paper[n] - paper[reference] for n in names]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2), layout="constrained")
+    rows = np.arange(len(names))
+    ax.barh(rows - 0.2, ours, height=0.4, color="tab:blue", label="ours (shapes, reference model)")
+    ax.barh(rows + 0.2, theirs, height=0.4, color="0.6", label="paper (ZF, VOC 2007, Table 2)")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(rows)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"mAP change against {reference} (points)")
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
 
 
 # ---------------------------------------------------------------------------------------------
