@@ -247,3 +247,69 @@ def test_compare_headlines():
     assert rows["d"]["status"] == "new" and rows["e"]["status"] == "missing"
     lines = reproduce.comparison_lines(list(rows.values()))
     assert any("b: 0.75, was 0.7: differs (difference +0.05, tolerance 0.02)" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-to-run spread (data/experiments/spread.json)
+# ---------------------------------------------------------------------------------------------
+
+def _write(root: Path, relative: str, value) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def _spread_inputs(root: Path, repeat_ours: float = 0.71) -> None:
+    runs = [{"seed": s, "ours": {"voc07_map": m}, "torchvision": {"voc07_map": t}}
+            for s, m, t in ((0, 0.70, 0.68), (1, 0.72, 0.69), (2, 0.74, 0.70))]
+    _write(root, "data/experiments/side_by_side.json", {"runs": runs})
+    _write(root, "runs/spread/side_by_side_seed0.json",
+           {"runs": [{"seed": 0, "ours": {"voc07_map": repeat_ours}, "torchvision": {"voc07_map": 0.68}}]})
+    lam_runs = [{"lambda": lam, "seed": seed, "recall": {"300": {"AR": ar}}}
+                for lam, seed, ar in ((1.0, 0, 0.40), (1.0, 1, 0.42), (10.0, 0, 0.50), (10.0, 1, 0.50))]
+    _write(root, "data/experiments/lambda.json", {"settings": {"lambdas": [1.0, 10.0], "seeds": [0, 1]},
+                                                   "runs": lam_runs, "summary": [{"lambda": 1.0}, {"lambda": 10.0}]})
+    _write(root, "data/reference/metrics.json", {"voc07_map": 0.8})
+    _write(root, "runs/spread/eval/metrics.json", {"voc07_map": 0.8})
+    bench = [{"name": "a", "kind": "model", "ratio": 0.5}, {"name": "nms", "kind": "component", "ratio": 9.0}]
+    _write(root, "data/experiments/bench_cpu.json", {"rows": bench})
+    _write(root, "runs/spread/bench_cpu.json", {"rows": [dict(bench[0], ratio=0.55), dict(bench[1], ratio=1.0)]})
+    _write(root, "data/experiments/scaling_cpu.json", {"default": {"total": 0.100}})
+    _write(root, "runs/spread/scaling_cpu.json", {"default": {"total": 0.090}})
+
+
+def test_spread_tolerances_from_seeds_and_repeats(tmp_path):
+    _spread_inputs(tmp_path)
+    reproduce.assemble_spread(tmp_path)
+    spread = json.loads((tmp_path / reproduce.SPREAD).read_text())
+    tol = spread["tolerance"]
+    assert spread["same_seed_repeat"]["side_by_side_seed0"]["ours"]["difference"] == pytest.approx(0.01)
+    # trained once: twice the std of ours over the seeds (0.70, 0.72, 0.74: std 0.02)
+    assert tol["data/reference/metrics.json:voc07_map"]["value"] == pytest.approx(0.04)
+    # a 3-seed mean: divided by sqrt(3)
+    key = "data/experiments/side_by_side.json:summary/ours/voc07_map/mean"
+    assert tol[key]["value"] == pytest.approx(0.04 / 3 ** 0.5)
+    # the difference ours - torchvision per seed: 0.02, 0.03, 0.04 -> std 0.01
+    key = "data/experiments/side_by_side.json:summary/voc07_map_difference/mean"
+    assert tol[key]["value"] == pytest.approx(0.02 / 3 ** 0.5)
+    # timings: relative change of a repeat; the component rows do not count
+    assert tol["data/experiments/bench_cpu.json:rows/16/ratio"] == {"value": pytest.approx(0.1), "relative": True,
+                                                                   "basis": tol["data/experiments/bench_cpu.json:rows/16/ratio"]["basis"]}
+    assert tol["data/experiments/scaling_cpu.json:default/total"]["value"] == pytest.approx(0.1)
+    # every headline number of every target has a tolerance, with its reason
+    headline = {key for target in reproduce.TARGETS for key in target.headline}
+    assert set(tol) == headline and all(row["basis"] for row in tol.values())
+
+
+def test_compare_uses_the_spread_file(tmp_path):
+    _spread_inputs(tmp_path)
+    reproduce.assemble_spread(tmp_path)
+    metrics = next(t for t in reproduce.TARGETS if t.name == "metrics")
+    table = reproduce.tolerances(tmp_path, metrics)
+    assert table["data/reference/metrics.json:voc07_map"] == pytest.approx(0.04)
+    rows = compare_headlines({"data/reference/metrics.json:voc07_map": 0.80},
+                             {"data/reference/metrics.json:voc07_map": 0.83}, table)
+    assert rows[0]["status"] == "ok"
+    rows = compare_headlines({"data/reference/metrics.json:voc07_map": 0.80},
+                             {"data/reference/metrics.json:voc07_map": 0.85}, table)
+    assert rows[0]["status"] == "differs"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -226,6 +227,127 @@ def assemble_image_scale(root: Path) -> None:
     write_json(round_floats(report), root / "data/experiments/image_scale.json")
 
 
+SPREAD = "data/experiments/spread.json"
+SIDE_BY_SIDE = "data/experiments/side_by_side.json"
+SPREAD_REPEATS = {   # the same commands again, same seeds, same machine: how much does a repeat move?
+    "side_by_side_seed0": ("side-by-side", "--seeds", "0", "--backbone-weights", BACKBONE, "--out",
+                           "runs/spread/side_by_side_seed0.json"),
+    "eval": ("eval", "--model", MODEL, "--data", DATASET, "--split", "test", "--out", "runs/spread/eval"),
+    "bench": ("bench", "--device", "cpu", "--repeats", "7", "--out", "runs/spread/bench_cpu.json"),
+    "profile": ("profile", "--model", MODEL, "--out", "runs/spread/scaling_cpu.json"),
+}
+# Which measured spread stands for which headline number (see assemble_spread).
+TRAINED_BASIS = ("2 × the standard deviation over the side-by-side's 3 seeds of our detector's VOC07 mAP (book "
+                 "preset, approximate joint training): the seed-to-seed spread of one training run, a proxy for the "
+                 "runs trained once")
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1), 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def spread_tolerances(side_by_side: dict, lambda_sweep: dict, repeats: dict) -> dict[str, dict]:
+    """The tolerance of every headline number of `TARGETS`: {key: {"value", "basis"}}.
+
+    side_by_side / lambda_sweep: the shipped side_by_side.json and lambda.json (seed-to-seed spread);
+    repeats: what `assemble_spread` measured by repeating commands ({"eval": |difference| of the
+    VOC07 mAP, "bench_ratio": largest relative change of a ratio, "profile_total": relative change}).
+    Numbers that come out of a training run get twice the seed-to-seed standard deviation; a mean
+    over n seeds gets that over sqrt(n); timings get the relative change of a repeat on the same machine.
+    """
+    ours = [run["ours"]["voc07_map"] for run in side_by_side["runs"]]
+    theirs = [run["torchvision"]["voc07_map"] for run in side_by_side["runs"]]
+    difference = [a - b for a, b in zip(ours, theirs)]
+    trained = 2 * _std(ours)
+    n = len(ours)
+    ar = [[run["recall"]["300"]["AR"] for run in lambda_sweep["runs"] if run["lambda"] == lam]
+          for lam in lambda_sweep["settings"]["lambdas"]]
+    ar_seed_std = sum(_std(values) for values in ar) / len(ar)
+    table = {}
+    for target in TARGETS:
+        for key in target.headline:
+            if target.name == "side-by-side":
+                values = {"ours": ours, "torchvision": theirs, "voc07_map_difference": difference}
+                which = next(name for name in values if f"/{name}/" in key)
+                table[key] = {"value": 2 * _std(values[which]) / math.sqrt(n),
+                              "basis": f"2 × the standard deviation of {which} over the {n} seeds, / sqrt({n}): "
+                                       f"the spread of a {n}-seed mean"}
+            elif target.name == "lambda":
+                seeds = len(lambda_sweep["settings"]["seeds"])
+                table[key] = {"value": 2 * ar_seed_std / math.sqrt(seeds),
+                              "basis": f"2 × the seed-to-seed standard deviation of AR top-300 (mean over the λ "
+                                       f"values), / sqrt({seeds}): the spread of a {seeds}-seed mean"}
+            elif target.name == "bench-cpu":
+                table[key] = {"value": repeats["bench_ratio"], "relative": True,
+                              "basis": "the largest relative change of a model-row ratio when the bench was repeated "
+                                       "on the same machine"}
+            elif target.name == "scaling":
+                table[key] = {"value": repeats["profile_total"], "relative": True,
+                              "basis": "the relative change of the total time when the profile was repeated on the "
+                                       "same machine"}
+            elif "recall" in key:
+                table[key] = {"value": 2 * ar_seed_std,
+                              "basis": "2 × the seed-to-seed standard deviation of AR top-300 in lambda.json "
+                                       "(proxy: the RPN trained once)"}
+            else:
+                table[key] = {"value": max(trained, repeats["eval"]), "basis": TRAINED_BASIS}
+    return table
+
+
+def assemble_spread(root: Path) -> None:
+    """data/experiments/spread.json: seed-to-seed spread from side_by_side.json and lambda.json, the same seed
+    repeated (side-by-side seed 0, the evaluation, the bench and the profile), and the tolerance of every
+    headline number that `reproduce --compare` uses."""
+    side_by_side = _read_json(root / SIDE_BY_SIDE)
+    lambda_sweep = _read_json(root / "data/experiments/lambda.json")
+    repeat = _read_json(root / "runs/spread/side_by_side_seed0.json")["runs"][0]
+    recorded = next(run for run in side_by_side["runs"] if run["seed"] == 0)
+    metrics = _read_json(root / "data/reference/metrics.json")
+    eval_repeat = _read_json(root / "runs/spread/eval/metrics.json")
+    bench = {row["name"]: row["ratio"] for row in _read_json(root / "data/experiments/bench_cpu.json")["rows"]
+             if row["kind"] == "model"}
+    bench_repeat = {row["name"]: row["ratio"] for row in _read_json(root / "runs/spread/bench_cpu.json")["rows"]
+                    if row["kind"] == "model"}
+    profile = _read_json(root / "data/experiments/scaling_cpu.json")["default"]["total"]
+    profile_repeat = _read_json(root / "runs/spread/scaling_cpu.json")["default"]["total"]
+    repeats = {"eval": abs(eval_repeat["voc07_map"] - metrics["voc07_map"]),
+               "bench_ratio": max(abs(bench_repeat[name] / ratio - 1) for name, ratio in bench.items()),
+               "profile_total": abs(profile_repeat / profile - 1)}
+    report = {
+        "_note": "How much a headline number moves when it is regenerated. seeds: the seed-to-seed spread of the "
+                 "runs made with several seeds. same_seed_repeat: the same command with the same seed, run again on "
+                 "the same machine. tolerance: what `python -m fasterrcnn_edu reproduce --compare` allows for each "
+                 "headline number, and why. Assembled by `python -m fasterrcnn_edu reproduce spread`.",
+        "seeds": {
+            "side_by_side": {name: {"per_seed": values, "mean": sum(values) / len(values), "std": _std(values)}
+                             for name, values in (("ours", [r["ours"]["voc07_map"] for r in side_by_side["runs"]]),
+                                                  ("torchvision", [r["torchvision"]["voc07_map"]
+                                                                   for r in side_by_side["runs"]]))},
+            "lambda_ar_top300": {str(row["lambda"]): [run["recall"]["300"]["AR"] for run in lambda_sweep["runs"]
+                                                      if run["lambda"] == row["lambda"]]
+                                 for row in lambda_sweep["summary"]},
+        },
+        "same_seed_repeat": {
+            "side_by_side_seed0": {model: {"recorded": recorded[model]["voc07_map"], "repeat": repeat[model]["voc07_map"],
+                                           "difference": repeat[model]["voc07_map"] - recorded[model]["voc07_map"]}
+                                   for model in ("ours", "torchvision")},
+            "eval_voc07_map": {"recorded": metrics["voc07_map"], "repeat": eval_repeat["voc07_map"],
+                               "difference": eval_repeat["voc07_map"] - metrics["voc07_map"]},
+            "bench_model_ratios": {name: {"recorded": ratio, "repeat": bench_repeat[name]} for name, ratio in bench.items()},
+            "profile_total_seconds": {"recorded": profile, "repeat": profile_repeat},
+        },
+        "commands": {name: command_line(["python", "-m", "fasterrcnn_edu", *map(shlex.quote, argv)])
+                     for name, argv in SPREAD_REPEATS.items()},
+        "tolerance": spread_tolerances(side_by_side, lambda_sweep, repeats),
+    }
+    write_json(round_floats(report), root / SPREAD)
+
+
 def verify_dataset(generated: str, shipped: str = DATASET) -> Step:
     """An in-code step: the freshly generated data set must be byte-identical to the shipped one."""
     def run(root: Path) -> None:
@@ -358,6 +480,14 @@ TARGETS: tuple[Target, ...] = (
            headline=("data/experiments/errors.json:map", "data/experiments/errors.json:delta_ap/localisation",
                      "data/experiments/errors.json:delta_ap/missed"),
            recorded_seconds=35, recorded_source="one run of the command (into a scratch folder) on the 2-core CPU, 1 thread"),
+    Target("spread", "how much the headline numbers move: seeds, and the same seed repeated",
+           tuple(cli(*argv, env=PASSIVE) for argv in SPREAD_REPEATS.values())
+           + (Step(run=assemble_spread, describe=f"assemble {SPREAD} from the repeats, {SIDE_BY_SIDE} and "
+                                                 "data/experiments/lambda.json"),),
+           inputs=(DATASET, BACKBONE, MODEL, SIDE_BY_SIDE, "data/experiments/lambda.json", "data/reference/metrics.json",
+                   "data/experiments/bench_cpu.json", "data/experiments/scaling_cpu.json"),
+           outputs=(SPREAD,), depends=("side-by-side", "lambda", "metrics", "bench-cpu", "scaling"), seeds=(0,),
+           recorded_seconds=840, recorded_source="an estimate: one side-by-side seed (8 min), eval, bench, profile"),
 )
 
 
@@ -534,11 +664,25 @@ def _threads(target: Target) -> int | str:
     return target.threads if target.threads is not None else f"torch default (one per core; {os.cpu_count()} here)"
 
 
+def tolerances(root: Path, target: Target) -> dict[str, float]:
+    """The measured tolerance of each headline number of `target`: its own `spread` table, else the one
+    `data/experiments/spread.json` holds (absolute; relative ones, for timings, times the current value)."""
+    table = {}
+    path = root / SPREAD
+    if path.is_file():
+        for key, row in json.loads(path.read_text()).get("tolerance", {}).items():
+            if key in target.headline:
+                value = json_value(root, key) if row.get("relative") else 1.0
+                table[key] = None if value is None else row["value"] * abs(value)
+    table.update(dict(target.spread))
+    return table
+
+
 def _headline(root: Path, target: Target) -> dict:
     """{key: {"value", "tolerance", "spread_measured"}} of the target's headline numbers as the files hold them now."""
-    tolerance = dict(target.spread)
+    tolerance = tolerances(root, target)
     return {key: {"value": json_value(root, key), "tolerance": tolerance.get(key),
-                  "spread_measured": key in tolerance} for key in target.headline}
+                  "spread_measured": tolerance.get(key) is not None} for key in target.headline}
 
 
 def _write_manifest(manifest: dict, root: Path, path: Path) -> None:
@@ -548,6 +692,14 @@ def _write_manifest(manifest: dict, root: Path, path: Path) -> None:
         for file, sha in entry["outputs"].items():
             files[file] = {"target": name, "sha256": sha, "reproduced": entry["reproduced"]}
     manifest["files"] = dict(sorted(files.items()))
+    # Tolerances follow data/experiments/spread.json, which may be newer than an entry.
+    by_name = {target.name: target for target in TARGETS}
+    for name, entry in manifest["targets"].items():
+        if name in by_name and entry.get("headline"):
+            tolerance = tolerances(root, by_name[name])
+            for key, row in entry["headline"].items():
+                row["tolerance"] = tolerance.get(key)
+                row["spread_measured"] = tolerance.get(key) is not None
     if (root / DATASET).is_dir():
         manifest["dataset"] = {"path": DATASET, "sha256": tree_sha256(root / DATASET),
                                "files": sum(1 for p in (root / DATASET).rglob("*") if p.is_file()),
