@@ -259,12 +259,11 @@ def _write(root: Path, relative: str, value) -> None:
     path.write_text(json.dumps(value))
 
 
-def _spread_inputs(root: Path, repeat_ours: float = 0.71) -> None:
+def _spread_inputs(root: Path, repeat_ar: float = 0.51) -> None:
     runs = [{"seed": s, "ours": {"voc07_map": m}, "torchvision": {"voc07_map": t}}
             for s, m, t in ((0, 0.70, 0.68), (1, 0.72, 0.69), (2, 0.74, 0.70))]
     _write(root, "data/experiments/side_by_side.json", {"runs": runs})
-    _write(root, "runs/spread/side_by_side_seed0.json",
-           {"runs": [{"seed": 0, "ours": {"voc07_map": repeat_ours}, "torchvision": {"voc07_map": 0.68}}]})
+    _write(root, "runs/spread/lambda_10_seed0.json", {"runs": [{"lambda": 10.0, "seed": 0, "recall": {"300": {"AR": repeat_ar}}}]})
     lam_runs = [{"lambda": lam, "seed": seed, "recall": {"300": {"AR": ar}}}
                 for lam, seed, ar in ((1.0, 0, 0.40), (1.0, 1, 0.42), (10.0, 0, 0.50), (10.0, 1, 0.50))]
     _write(root, "data/experiments/lambda.json", {"settings": {"lambdas": [1.0, 10.0], "seeds": [0, 1]},
@@ -283,7 +282,7 @@ def test_spread_tolerances_from_seeds_and_repeats(tmp_path):
     reproduce.assemble_spread(tmp_path)
     spread = json.loads((tmp_path / reproduce.SPREAD).read_text())
     tol = spread["tolerance"]
-    assert spread["same_seed_repeat"]["side_by_side_seed0"]["ours"]["difference"] == pytest.approx(0.01)
+    assert spread["same_seed_repeat"]["lambda_10_seed0_ar_top300"]["difference"] == pytest.approx(0.01)
     # trained once: twice the std of ours over the seeds (0.70, 0.72, 0.74: std 0.02)
     assert tol["data/reference/metrics.json:voc07_map"]["value"] == pytest.approx(0.04)
     # a 3-seed mean: divided by sqrt(3)

@@ -230,8 +230,8 @@ def assemble_image_scale(root: Path) -> None:
 SPREAD = "data/experiments/spread.json"
 SIDE_BY_SIDE = "data/experiments/side_by_side.json"
 SPREAD_REPEATS = {   # the same commands again, same seeds, same machine: how much does a repeat move?
-    "side_by_side_seed0": ("side-by-side", "--seeds", "0", "--backbone-weights", BACKBONE, "--out",
-                           "runs/spread/side_by_side_seed0.json"),
+    "lambda_10_seed0": ("lambda-sweep", "--lambdas", "10", "--seeds", "0", "--steps", "1000", "--out",
+                        "runs/spread/lambda_10_seed0.json"),
     "eval": ("eval", "--model", MODEL, "--data", DATASET, "--split", "test", "--out", "runs/spread/eval"),
     "bench": ("bench", "--device", "cpu", "--repeats", "7", "--out", "runs/spread/bench_cpu.json"),
     "profile": ("profile", "--model", MODEL, "--out", "runs/spread/scaling_cpu.json"),
@@ -301,12 +301,13 @@ def spread_tolerances(side_by_side: dict, lambda_sweep: dict, repeats: dict) -> 
 
 def assemble_spread(root: Path) -> None:
     """data/experiments/spread.json: seed-to-seed spread from side_by_side.json and lambda.json, the same seed
-    repeated (side-by-side seed 0, the evaluation, the bench and the profile), and the tolerance of every
+    repeated (a training run of the λ sweep, the evaluation, the bench and the profile), and the tolerance of every
     headline number that `reproduce --compare` uses."""
     side_by_side = _read_json(root / SIDE_BY_SIDE)
     lambda_sweep = _read_json(root / "data/experiments/lambda.json")
-    repeat = _read_json(root / "runs/spread/side_by_side_seed0.json")["runs"][0]
-    recorded = next(run for run in side_by_side["runs"] if run["seed"] == 0)
+    repeat = _read_json(root / "runs/spread/lambda_10_seed0.json")["runs"][0]["recall"]["300"]["AR"]
+    recorded = next(run for run in lambda_sweep["runs"] if run["lambda"] == 10 and run["seed"] == 0)
+    recorded = recorded["recall"]["300"]["AR"]
     metrics = _read_json(root / "data/reference/metrics.json")
     eval_repeat = _read_json(root / "runs/spread/eval/metrics.json")
     bench = {row["name"]: row["ratio"] for row in _read_json(root / "data/experiments/bench_cpu.json")["rows"]
@@ -333,9 +334,7 @@ def assemble_spread(root: Path) -> None:
                                  for row in lambda_sweep["summary"]},
         },
         "same_seed_repeat": {
-            "side_by_side_seed0": {model: {"recorded": recorded[model]["voc07_map"], "repeat": repeat[model]["voc07_map"],
-                                           "difference": repeat[model]["voc07_map"] - recorded[model]["voc07_map"]}
-                                   for model in ("ours", "torchvision")},
+            "lambda_10_seed0_ar_top300": {"recorded": recorded, "repeat": repeat, "difference": repeat - recorded},
             "eval_voc07_map": {"recorded": metrics["voc07_map"], "repeat": eval_repeat["voc07_map"],
                                "difference": eval_repeat["voc07_map"] - metrics["voc07_map"]},
             "bench_model_ratios": {name: {"recorded": ratio, "repeat": bench_repeat[name]} for name, ratio in bench.items()},
@@ -487,7 +486,7 @@ TARGETS: tuple[Target, ...] = (
            inputs=(DATASET, BACKBONE, MODEL, SIDE_BY_SIDE, "data/experiments/lambda.json", "data/reference/metrics.json",
                    "data/experiments/bench_cpu.json", "data/experiments/scaling_cpu.json"),
            outputs=(SPREAD,), depends=("side-by-side", "lambda", "metrics", "bench-cpu", "scaling"), seeds=(0,),
-           recorded_seconds=840, recorded_source="an estimate: one side-by-side seed (8 min), eval, bench, profile"),
+           recorded_seconds=420, recorded_source="an estimate: one λ-sweep run (2 min), eval, bench, profile"),
 )
 
 
