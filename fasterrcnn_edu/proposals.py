@@ -6,8 +6,13 @@ minimum size (scaled with the image) → keep the top-N by objectness (12000 tra
 
 Proposals are treated as constants by whatever consumes them: the paper's alternating training
 fixes them, and its approximate joint training ignores their gradient w.r.t. box coordinates.
+
+`generate_proposals` does it for a batch; `proposal_steps` is its readable twin for one image,
+yielding each step's survivors (chapter 4 unrolls it; a test checks the two agree).
 """
 from __future__ import annotations
+
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,3 +59,38 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
         proposals.append(image_boxes[keep])
         proposal_scores.append(image_scores[keep])
     return proposals, proposal_scores
+
+
+class ProposalStep(NamedTuple):
+    """What survives one step of `proposal_steps`: index (n,) into the A anchors (best first from the
+    top-N step on) and boxes (n, 4) x1,y1,x2,y2 in resized-image pixels."""
+    name: str
+    index: Tensor
+    boxes: Tensor
+
+
+def proposal_steps(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_size, pre_nms_top_n: int,
+                   post_nms_top_n: int, nms_thresh: float = 0.7, min_size: float | Tensor = 16.0
+                   ) -> Iterator[ProposalStep]:
+    """`generate_proposals` for one image, one step at a time: decoded, clipped, min size,
+    top-N before NMS, NMS, top-N after NMS. The last step's boxes are exactly what
+    `generate_proposals` returns for the image.
+
+    anchors: (A, 4); objectness: (A, 2) or (A,) logits; deltas: (A, 4); image_size: (height, width)
+    of the resized image; min_size: the minimum side in resized-image pixels.
+    """
+    scores = objectness_scores(objectness[None])[0]                          # (A,)
+    index = torch.arange(anchors.shape[0], device=anchors.device)
+    decoded = decode(anchors, deltas)
+    yield ProposalStep("decoded", index, decoded)
+    boxes = clip_boxes(decoded, image_size)
+    yield ProposalStep("clipped", index, boxes)
+    index = torch.nonzero(small_box_mask(boxes, min_size)).flatten()
+    yield ProposalStep("min size", index, boxes[index])
+    # The same stable sort as generate_proposals: equal scores keep anchor order.
+    index = index[torch.sort(scores[index], descending=True, stable=True).indices][:pre_nms_top_n]
+    yield ProposalStep("top-N before NMS", index, boxes[index])
+    index = index[nms(boxes[index], scores[index], nms_thresh)]
+    yield ProposalStep("NMS", index, boxes[index])
+    index = index[:post_nms_top_n]
+    yield ProposalStep("top-N after NMS", index, boxes[index])

@@ -121,3 +121,23 @@ def test_tied_scores_keep_anchor_order():
                                        10, 10, 0.7, 0.0)
     assert (scores[0] == 1.0).all()
     assert boxes[0].tolist() == anchors[:10].tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_proposal_steps_end_where_generate_proposals_ends(seed):
+    from fasterrcnn_edu.proposals import proposal_steps
+
+    generator = torch.Generator().manual_seed(seed)
+    anchors = AnchorGenerator(16, (0.5, 1.0, 2.0), (2, 4, 8), 16)((16, 20), "cpu")
+    objectness = torch.randn(anchors.shape[0], 2, generator=generator)
+    objectness[:50] = objectness[0]                            # ties: the stable sort must keep anchor order
+    deltas = 0.3 * torch.randn(anchors.shape[0], 4, generator=generator)
+    size = torch.tensor([256, 320])
+    steps = list(proposal_steps(anchors, objectness, deltas, size, 1000, 300, 0.7, 4.0))
+    assert [s.name for s in steps] == ["decoded", "clipped", "min size", "top-N before NMS", "NMS", "top-N after NMS"]
+    counts = [len(s.index) for s in steps]
+    assert counts[0] == counts[1] == anchors.shape[0] and counts == sorted(counts, reverse=True)
+    boxes, scores = generate_proposals(anchors, objectness[None], deltas[None], size[None], 1000, 300, 0.7, 4.0)
+    last = steps[-1]
+    assert torch.equal(last.boxes, boxes[0])
+    assert torch.equal(objectness_scores(objectness[None])[0][last.index], scores[0])
