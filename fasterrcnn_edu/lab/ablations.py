@@ -52,7 +52,7 @@ from fasterrcnn_edu.training import (STEPS, StageState, build_networks, run_stag
                                      step4_detector_frozen)
 
 __all__ = [
-    "PARTS", "stage_table", "plot_training_stages", "same_weights",
+    "PARTS", "PART_NAMES", "part_parameters", "stage_table", "plot_training_stages", "same_weights",
     "ProposalVariant", "DEFAULT_VARIANTS", "variant_proposals", "proposals_for_image", "detect_variants",
     "evaluate_variants", "PAPER_TABLE2", "plot_against_paper",
     "recall_experiment", "ANCHOR_SETTINGS", "anchors_at_scale", "anchor_variant", "finetune_steps_3_4", "anchor_experiment",
@@ -68,6 +68,14 @@ PART_NAMES = {"backbone": "conv layers", "rpn": "RPN head", "roi_heads": "Fast R
 
 def _count(params) -> int:
     return int(sum(p.numel() for p in params))
+
+
+def part_parameters(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Parameters of each part of a `FasterRCNN` (`PARTS`), counted without running it:
+    {part: {"total", "frozen" (requires_grad False, e.g. VGG-16's first four conv layers)}}."""
+    return {part: {"total": _count(getattr(model, part).parameters()),
+                   "frozen": _count(p for p in getattr(model, part).parameters() if not p.requires_grad)}
+            for part in PARTS}
 
 
 def stage_table(mode: str, cfg: Config, images: list[Tensor], targets: list[dict]) -> list[dict]:
