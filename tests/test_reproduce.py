@@ -312,3 +312,22 @@ def test_compare_uses_the_spread_file(tmp_path):
     rows = compare_headlines({"data/reference/metrics.json:voc07_map": 0.80},
                              {"data/reference/metrics.json:voc07_map": 0.85}, table)
     assert rows[0]["status"] == "differs"
+
+
+def test_dirty_means_code_changes_not_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/result.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    assert reproduce._git(tmp_path)[1] is False
+    (tmp_path / "data/result.json").write_text('{"new": 1}')         # a target rewrote a result file
+    assert reproduce._git(tmp_path)[1] is False
+    (tmp_path / "code.py").write_text("x = 2\n")                       # the code changed
+    assert reproduce._git(tmp_path)[1] is True

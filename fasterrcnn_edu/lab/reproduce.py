@@ -641,12 +641,14 @@ def load_manifest(path: Path) -> dict:
 
 
 def _git(root: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout at root; (None, None) outside git."""
+    """(commit, dirty) of the checkout at root; (None, None) outside git. Dirty means uncommitted changes
+    outside data/: what is under data/ is covered by the input and output hashes, and a reproduce run
+    rewrites result files there before its later targets start."""
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True,
-                                check=True).stdout
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", ".", ":(exclude)data"],
+                                capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None, None
     return commit, bool(status.strip())
