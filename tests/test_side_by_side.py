@@ -100,3 +100,16 @@ def test_side_by_side_command_names_a_missing_data_folder(tmp_path, capsys):
     code = main(["side-by-side", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.json")])
     assert code == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_recorded_arguments_name_no_path_of_this_checkout(tmp_path, monkeypatch):
+    import argparse
+    from pathlib import Path
+
+    from fasterrcnn_edu.lab.records import recorded_arguments
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(data=tmp_path / "data" / "shapes", out=Path("runs/x.json"), seeds=[0, 1],
+                              elsewhere=Path("/opt/weights.pt"), func=print)
+    recorded = recorded_arguments(args)
+    assert recorded == {"data": "data/shapes", "out": "runs/x.json", "seeds": "[0, 1]", "elsewhere": "/opt/weights.pt"}

@@ -28,6 +28,19 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join(["python -m fasterrcnn_edu", *(sys.argv[1:] if argv is None else argv)])
 
 
+def recorded_arguments(args) -> dict[str, str]:
+    """A command's parsed arguments as text for a result file, paths under the current folder made
+    relative to it: the defaults are absolute paths into this checkout, which no result file may name."""
+    here = Path.cwd().resolve()
+
+    def text(value) -> str:
+        if isinstance(value, Path) and value.is_absolute() and value.resolve().is_relative_to(here):
+            return str(value.resolve().relative_to(here))
+        return str(value)
+
+    return {key: text(value) for key, value in vars(args).items() if key != "func"}
+
+
 def environment(device: torch.device | str = "cpu") -> dict:
     """Where a measurement was taken: date, versions, CPU/GPU, threads, load average."""
     device = torch.device(device)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from fasterrcnn_edu.lab.bench import torchvision_twin
-from fasterrcnn_edu.lab.records import environment
+from fasterrcnn_edu.lab.records import environment, recorded_arguments
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import evaluate_voc
 from fasterrcnn_edu.model import FasterRCNN
@@ -220,7 +220,7 @@ def side_by_side_command(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    result["arguments"] = {k: str(v) for k, v in vars(args).items() if k != "func"}
+    result["arguments"] = recorded_arguments(args)
     print(format_table(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
