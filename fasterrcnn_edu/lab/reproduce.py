@@ -374,7 +374,7 @@ TARGETS: tuple[Target, ...] = (
             copy_step([("runs/shapes_stats.png", "data/shapes_stats.png"),
                        ("runs/shapes_samples.png", "data/shapes_samples.png")])),
            inputs=(DATASET,), outputs=("data/shapes_stats.png", "data/shapes_samples.png"), seeds=(0,),
-           recorded_seconds=55, recorded_source="data/README.md: generation takes about 55 s"),
+           recorded_seconds=60, recorded_source="the manifest: reproduce shapes-figures, 2026-12-01"),
     Target("backbone", "step 0: the backbone pre-trained on object crops (the book's ImageNet stand-in)",
            (cli("pretrain", "--data", DATASET, "--split", "trainval", "--steps", "1500", "--threads", "2",
                 "--out", BACKBONE),),
