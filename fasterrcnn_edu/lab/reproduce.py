@@ -36,6 +36,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -238,11 +239,18 @@ TRAINED_BASIS = ("2 × the larger of the two seed-to-seed standard deviations of
 
 def _std(values: Sequence[float]) -> float:
     """Sample standard deviation (n - 1), 0 for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _seed_maps(side_by_side: dict) -> dict[str, list[float]]:
+    """Each detector's VOC07 mAP per seed of side_by_side.json: {"ours": [...], "torchvision": [...]}."""
+    return {model: [run[model]["voc07_map"] for run in side_by_side["runs"]] for model in ("ours", "torchvision")}
+
+
+def _seed_ars(lambda_sweep: dict) -> dict[float, list[float]]:
+    """AR of the top 300 proposals per seed, for each λ of lambda.json."""
+    return {lam: [run["recall"]["300"]["AR"] for run in lambda_sweep["runs"] if run["lambda"] == lam]
+            for lam in lambda_sweep["settings"]["lambdas"]}
 
 
 def spread_tolerances(side_by_side: dict, lambda_sweep: dict, repeats: dict) -> dict[str, dict]:
@@ -254,14 +262,12 @@ def spread_tolerances(side_by_side: dict, lambda_sweep: dict, repeats: dict) -> 
     Numbers that come out of a training run get twice the seed-to-seed standard deviation; a mean
     over n seeds gets that over sqrt(n); timings get the relative change of a repeat on the same machine.
     """
-    ours = [run["ours"]["voc07_map"] for run in side_by_side["runs"]]
-    theirs = [run["torchvision"]["voc07_map"] for run in side_by_side["runs"]]
+    maps = _seed_maps(side_by_side)
+    ours, theirs = maps["ours"], maps["torchvision"]
     difference = [a - b for a, b in zip(ours, theirs)]
     trained = 2 * max(_std(ours), _std(theirs))
     n = len(ours)
-    ar = [[run["recall"]["300"]["AR"] for run in lambda_sweep["runs"] if run["lambda"] == lam]
-          for lam in lambda_sweep["settings"]["lambdas"]]
-    ar_seed_std = sum(_std(values) for values in ar) / len(ar)
+    ar_seed_std = statistics.mean(_std(values) for values in _seed_ars(lambda_sweep).values())
     table = {}
     for target in TARGETS:
         for key in target.headline:
@@ -319,13 +325,9 @@ def assemble_spread(root: Path) -> None:
                  "the same machine. tolerance: what `python -m fasterrcnn_edu reproduce --compare` allows for each "
                  "headline number, and why. Assembled by `python -m fasterrcnn_edu reproduce spread`.",
         "seeds": {
-            "side_by_side": {name: {"per_seed": values, "mean": sum(values) / len(values), "std": _std(values)}
-                             for name, values in (("ours", [r["ours"]["voc07_map"] for r in side_by_side["runs"]]),
-                                                  ("torchvision", [r["torchvision"]["voc07_map"]
-                                                                   for r in side_by_side["runs"]]))},
-            "lambda_ar_top300": {str(row["lambda"]): [run["recall"]["300"]["AR"] for run in lambda_sweep["runs"]
-                                                      if run["lambda"] == row["lambda"]]
-                                 for row in lambda_sweep["summary"]},
+            "side_by_side": {name: {"per_seed": values, "mean": statistics.mean(values), "std": _std(values)}
+                             for name, values in _seed_maps(side_by_side).items()},
+            "lambda_ar_top300": {str(lam): values for lam, values in _seed_ars(lambda_sweep).items()},
         },
         "same_seed_repeat": {
             "lambda_10_seed0_ar_top300": {"recorded": recorded, "repeat": repeat, "difference": repeat - recorded},
@@ -659,16 +661,21 @@ def _threads(target: Target) -> int | str:
     return target.threads if target.threads is not None else f"torch default (one per core; {os.cpu_count()} here)"
 
 
-def tolerances(root: Path, target: Target) -> dict[str, float]:
-    """The measured tolerance of each headline number of `target`: its own `spread` table, else the one
-    `data/experiments/spread.json` holds (absolute; relative ones, for timings, times the current value)."""
-    table = {}
+def spread_table(root: Path) -> dict[str, dict]:
+    """The `tolerance` table of data/experiments/spread.json ({} before `reproduce spread` has run)."""
     path = root / SPREAD
-    if path.is_file():
-        for key, row in json.loads(path.read_text()).get("tolerance", {}).items():
-            if key in target.headline:
-                value = json_value(root, key) if row.get("relative") else 1.0
-                table[key] = None if value is None else row["value"] * abs(value)
+    return json.loads(path.read_text()).get("tolerance", {}) if path.is_file() else {}
+
+
+def tolerances(root: Path, target: Target, spread: dict[str, dict] | None = None) -> dict[str, float]:
+    """The measured tolerance of each headline number of `target`: its own `spread` table, else the one
+    `data/experiments/spread.json` holds (absolute; relative ones, for timings, times the current value).
+    spread: that file's table when the caller has read it already."""
+    table = {}
+    for key, row in (spread_table(root) if spread is None else spread).items():
+        if key in target.headline:
+            value = json_value(root, key) if row.get("relative") else 1.0
+            table[key] = None if value is None else row["value"] * abs(value)
     table.update(dict(target.spread))
     return table
 
@@ -689,9 +696,10 @@ def _write_manifest(manifest: dict, root: Path, path: Path) -> None:
     manifest["files"] = dict(sorted(files.items()))
     # Tolerances follow data/experiments/spread.json, which may be newer than an entry.
     by_name = {target.name: target for target in TARGETS}
+    spread = spread_table(root)
     for name, entry in manifest["targets"].items():
         if name in by_name and entry.get("headline"):
-            tolerance = tolerances(root, by_name[name])
+            tolerance = tolerances(root, by_name[name], spread)
             for key, row in entry["headline"].items():
                 row["tolerance"] = tolerance.get(key)
                 row["spread_measured"] = tolerance.get(key) is not None
