@@ -510,8 +510,8 @@ def anchor_experiment(reference: FasterRCNN, train_set, test_set, classes: Seque
     schedule's steps 3-4 times `iterations_scale`), and evaluate on `test_set`: VOC07 mAP@0.5 and
     recall of the top-300 proposals at IoU 0.5 / 0.7.
 
-    The conv layers are the reference model's (trained with 3 scales × 3 ratios) for every
-    setting; the paper retrained everything. settings: name -> Config overrides (default
+    The conv layers are the reference model's (trained with its own anchors, `model.cfg`) for
+    every setting; the paper retrained everything. settings: name -> Config overrides (default
     `ANCHOR_SETTINGS`). If `out` is given, the JSON is rewritten after every setting.
     Returns {"iterations_scale", "results": {name: {"anchor_scales", "anchor_ratios",
     "anchor_sides", "k", "voc07_map", "ap", "recall_300_at_0.5", "recall_300_at_0.7",
