@@ -262,19 +262,17 @@ def spread_tolerances(side_by_side: dict, lambda_sweep: dict, repeats: dict) -> 
     Numbers that come out of a training run get twice the seed-to-seed standard deviation; a mean
     over n seeds gets that over sqrt(n); timings get the relative change of a repeat on the same machine.
     """
-    maps = _seed_maps(side_by_side)
-    ours, theirs = maps["ours"], maps["torchvision"]
-    difference = [a - b for a, b in zip(ours, theirs)]
-    trained = 2 * max(_std(ours), _std(theirs))
-    n = len(ours)
+    per_seed = _seed_maps(side_by_side)
+    per_seed["voc07_map_difference"] = [a - b for a, b in zip(per_seed["ours"], per_seed["torchvision"])]
+    trained = 2 * max(_std(per_seed["ours"]), _std(per_seed["torchvision"]))
+    n = len(per_seed["ours"])
     ar_seed_std = statistics.mean(_std(values) for values in _seed_ars(lambda_sweep).values())
     table = {}
     for target in TARGETS:
         for key in target.headline:
             if target.name == "side-by-side":
-                values = {"ours": ours, "torchvision": theirs, "voc07_map_difference": difference}
-                which = next(name for name in values if f"/{name}/" in key)
-                table[key] = {"value": 2 * _std(values[which]) / math.sqrt(n),
+                which = next(name for name in per_seed if f"/{name}/" in key)
+                table[key] = {"value": 2 * _std(per_seed[which]) / math.sqrt(n),
                               "basis": f"2 × the standard deviation of {which} over the {n} seeds, / sqrt({n}): "
                                        f"the spread of a {n}-seed mean"}
             elif target.name == "lambda":
