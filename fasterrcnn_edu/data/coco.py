@@ -183,6 +183,8 @@ def _relative_file_name(path: Path, file_name, where: str) -> Path:
     """A "file_name" as a path inside the image folder (subfolders allowed, "..", "/x" not)."""
     if not isinstance(file_name, str) or not file_name:
         raise DataError(path, f"file_name must be a non-empty string, got {file_name!r}", where)
+    if "\x00" in file_name:    # no file system allows it; open() would raise a bare ValueError
+        raise DataError(path, f"file_name {file_name!r} contains a NUL byte, which no file name can", where)
     parts = PurePosixPath(file_name.replace("\\", "/"))
     if parts.is_absolute() or ".." in parts.parts or ":" in file_name:
         raise DataError(path, f"file_name {file_name!r} points outside the image folder", where)

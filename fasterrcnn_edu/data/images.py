@@ -9,6 +9,11 @@ What "safe" means here:
 * Pillow's decompression-bomb guard stays on (`Image.MAX_IMAGE_PIXELS` is not touched). Above that
   many pixels Pillow warns, above twice as many it raises; both become a `DataError`, because a
   detection image of 90+ megapixels is almost certainly a mistake or an attack.
+* Only regular files are opened (`open_regular_file`): a FIFO, which would make `open()` wait
+  for a writer forever, a folder or a device is a `DataError`.
+* Every error Pillow's decoders raise (`_DECODER_ERRORS`) is a `DataError` for that image, so
+  that callers can list it and go on with the others: among them the `ValueError` of Pillow's
+  text-chunk guard (a PNG whose zTXt chunk inflates past `PngImagePlugin.MAX_TEXT_CHUNK`).
 * Pixels are taken as stored: the EXIF orientation tag is *not* applied, like
   `torchvision.io.decode_image` by default. VOC and COCO boxes refer to the stored pixel grid.
 * Every mode becomes RGB (see `to_rgb`): grey, palette and CMYK by Pillow's own conversion,
@@ -18,8 +23,12 @@ What "safe" means here:
 from __future__ import annotations
 
 import os
+import stat
+import struct
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -32,26 +41,69 @@ from fasterrcnn_edu.data.errors import DataError
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file (header only, pixels not decoded yet) or raise `DataError`.
+# What Pillow raises for a file it cannot parse. Besides OSError (truncated data) these include
+# ValueError (a PNG text chunk that inflates beyond `PngImagePlugin.MAX_TEXT_CHUNK`, or text chunks
+# beyond MAX_TEXT_MEMORY: Pillow's guard against text bombs), SyntaxError (a malformed header),
+# EOFError, struct.error and the index/type/zero-division errors of a few plugins on garbage.
+_DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError,
+                   ZeroDivisionError)
 
-    Cheap: used at dataset construction to read every image's true (width, height).
+
+@contextmanager
+def open_regular_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """`path` opened for binary reading if it is a regular file (or a link to one); `DataError` otherwise.
+
+    Opened with O_NONBLOCK and checked with fstat on the open descriptor: opening a FIFO for
+    reading would otherwise wait for a writer forever, and checking the path before opening it
+    would leave a window in which the file could be swapped for a FIFO or a device.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise DataError(path, "image file not found") from None
+    except ValueError:            # os.open's "embedded null byte"
+        raise DataError(path, "the file name contains a NUL byte, which no file name can") from None
+    except OSError as e:
+        raise DataError(path, f"cannot open image ({e.strerror})") from None
+    kind = _file_kind(os.fstat(fd).st_mode)
+    if kind != "regular file":
+        os.close(fd)
+        raise DataError(path, f"is {kind}, not an image file; only regular files are read")
+    with os.fdopen(fd, "rb") as f:
+        yield f
+
+
+def _file_kind(mode: int) -> str:
+    """"regular file", "a folder", "a FIFO (named pipe)", ... for an `st_mode`."""
+    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+@contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """An image file opened with Pillow (header read, pixels not decoded yet), or `DataError`.
+
+    A context manager: the file is closed on leaving it, so decode (`img.load()`) inside. The
+    decoded pixels stay valid afterwards (closing the file is not `img.close()`).
     """
     path = Path(path)
     # Turn the "this is large" warning into an error for this call only; the hard limit
     # (DecompressionBombError, at 2 x MAX_IMAGE_PIXELS) is an error already.
-    with warnings.catch_warnings():
+    with open_regular_file(path) as f, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            return Image.open(path)
-        except FileNotFoundError:
-            raise DataError(path, "image file not found") from None
+            img = Image.open(f)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise DataError(path, f"refused, too many pixels for a detection image ({e})") from None
         except UnidentifiedImageError:
             raise DataError(path, "not an image file Pillow can read (corrupt or wrong format)") from None
-        except OSError as e:
-            raise DataError(path, f"cannot open image ({e})") from None
+        except _DECODER_ERRORS as e:
+            raise DataError(path, f"cannot read the image header ({e})") from None
+        yield img
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -63,18 +115,15 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file completely and return it as an 8-bit RGB `PIL.Image`.
 
-    Raises `DataError` (naming the file) for missing, truncated, corrupt or oversized files and
-    for modes that have no sensible RGB meaning.
+    Raises `DataError` (naming the file) for missing, truncated, corrupt or oversized files, for
+    anything but a regular file, and for modes that have no sensible RGB meaning.
     """
     path = Path(path)
-    img = open_image(path)
-    try:
-        img.load()  # decode now, inside the try: this is where truncated files fail
-    except (OSError, SyntaxError, ValueError) as e:
-        img.close()
-        raise DataError(path, f"cannot decode image, file truncated or corrupt ({e})") from None
-    # No `with` block around this function: closing a Pillow image frees its pixels, and for an
-    # RGB file `to_rgb` returns the very same image. After `load()` Pillow has closed the file.
+    with open_image(path) as img:
+        try:
+            img.load()  # decode now, inside the try: this is where truncated files fail
+        except _DECODER_ERRORS as e:
+            raise DataError(path, f"cannot decode image, file truncated or corrupt ({e})") from None
     return to_rgb(img, path)
 
 
