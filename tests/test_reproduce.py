@@ -3,6 +3,7 @@ with its hash, no file names a machine path, every number the READMEs quote come
 file, and `python -m fasterrcnn_edu reproduce` lists, plans, runs, records and compares targets."""
 import json
 import re
+import shutil
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -341,3 +342,40 @@ def test_single_runs_get_the_larger_seed_spread_of_the_two_detectors():
            "runs": [{"lambda": 1.0, "seed": s, "recall": {"300": {"AR": 0.4}}} for s in (0, 1)]}
     table = reproduce.spread_tolerances({"runs": runs}, lam, {"eval": 0.0, "bench_ratio": 0.1, "profile_total": 0.1})
     assert table["data/reference/metrics.json:voc07_map"]["value"] == pytest.approx(0.04)
+
+
+# Issue 25, class 4: a manifest whose structure is wrong is refused, naming the file and the key.
+def _shipped_entry() -> dict:
+    return json.loads((ROOT / MANIFEST).read_text())["targets"]["metrics"]
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: [m], r"the top level must be a JSON object, got 'list'"),
+    (lambda m: {**m, "targets": "metrics"}, r'"targets" must be an object of target name -> entry, got \'metrics\''),
+    (lambda m: {**m, "targets": {"metrics": [1]}}, r"targets\['metrics'\] must be an object, got \[1\]"),
+    (lambda m: {**m, "targets": {"metrics": {k: v for k, v in _shipped_entry().items() if k != "inputs"}}},
+     r"targets\['metrics'\] has no 'inputs'"),
+    (lambda m: {**m, "targets": {"metrics": {**_shipped_entry(), "wall_seconds": "60"}}},
+     r"targets\['metrics'\]\['wall_seconds'\] must be a number of seconds >= 0, or null, got '60'"),
+    (lambda m: {**m, "targets": {"metrics": {**_shipped_entry(), "inputs": ["data/shapes"]}}},
+     r"targets\['metrics'\]\['inputs'\] must be an object of file -> SHA-256"),
+    (lambda m: {**m, "targets": {"metrics": {**_shipped_entry(), "headline": {"k": {"value": "0.8"}}}}},
+     r"targets\['metrics'\]\['headline'\] must be an object of key"),
+    (lambda m: {**m, "targets": {"metrics": {**_shipped_entry(), "reproduced": "yes"}}},
+     r"targets\['metrics'\]\['reproduced'\] must be true or false"),
+])
+def test_a_malformed_manifest_is_refused_naming_the_file_and_key(tmp_path, change, problem, capsys):
+    shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("shapes", "*.pt", "*.png"))
+    path = tmp_path / MANIFEST
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    for argv in (["--list"], ["metrics"], ["--record-existing", "metrics"]):
+        assert cli.main(["reproduce", *argv, "--root", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert re.search(rf"^error: {re.escape(str(path))}: {problem}", err), err
+        assert "Traceback" not in err
+
+
+def test_a_manifest_that_is_a_folder_is_refused(tmp_path, capsys):
+    (tmp_path / MANIFEST).mkdir(parents=True)
+    assert cli.main(["reproduce", "--list", "--root", str(tmp_path)]) == 1
+    assert "manifest.json: cannot be read" in capsys.readouterr().err

@@ -47,8 +47,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats, write_json
 
 __all__ = ["Step", "Target", "TARGETS", "MANIFEST", "DATASET", "ReproduceError", "tree_sha256", "hash_path",
-           "machine_paths", "json_value", "compare_headlines", "load_manifest", "run_targets", "record_existing",
-           "result_files", "register"]
+           "machine_paths", "json_value", "compare_headlines", "load_manifest", "check_manifest", "run_targets",
+           "record_existing", "result_files", "register"]
 
 MANIFEST = "data/manifest.json"
 MANIFEST_FORMAT = "fasterrcnn_edu-manifest/1"
@@ -632,16 +632,67 @@ def comparison_lines(rows: list[dict]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 def load_manifest(path: Path) -> dict:
-    """The manifest at `path`, or an empty one if there is none yet."""
+    """The manifest at `path`, or an empty one if there is none yet; ReproduceError names the key that is wrong."""
     if not path.exists():
         return {"format": MANIFEST_FORMAT, "targets": {}, "files": {}}
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ReproduceError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ReproduceError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReproduceError(f"{path}: cannot be read ({exc}); fix or delete it") from None
+    check_manifest(path, manifest)
     return manifest
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_hashes(value) -> bool:
+    return isinstance(value, dict) and all(v is None or isinstance(v, str) for v in value.values())
+
+
+# What `reproduce` reads of each target's entry: key -> (required, test, what the value must be).
+_ENTRY_SCHEMA = {
+    "reproduced": (True, lambda v: isinstance(v, bool), "true or false"),
+    "commands": (True, lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of strings"),
+    "inputs": (True, _is_hashes, "an object of file -> SHA-256 string (or null)"),
+    "outputs": (True, _is_hashes, "an object of file -> SHA-256 string (or null)"),
+    "wall_seconds": (False, lambda v: v is None or (_is_number(v) and 0 <= v < float("inf")),
+                     "a number of seconds >= 0, or null"),
+    "headline": (False, lambda v: isinstance(v, dict) and all(
+        isinstance(row, dict) and (row.get("value") is None or _is_number(row.get("value"))) for row in v.values()),
+        'an object of key -> {"value": a number or null, ...}'),
+}
+
+
+def check_manifest(path: Path, manifest) -> None:
+    """Refuse (ReproduceError naming `path` and the key) a manifest whose structure `reproduce` cannot use.
+
+    Checks exactly what is read: "format", and each entry of "targets" against `_ENTRY_SCHEMA`
+    ("files" and "dataset" are rebuilt from those on every write).
+    """
+    def refuse(key: str, problem: str, *value) -> None:
+        text = "".join(f", got {v!r}" if len(repr(v)) <= 60 else f", got {repr(v)[:57]}..." for v in value)
+        raise ReproduceError(f"{path}: {key} {problem}{text}; fix or delete the file")
+
+    if not isinstance(manifest, dict):
+        refuse("the top level", "must be a JSON object", type(manifest).__name__)
+    if manifest.get("format") != MANIFEST_FORMAT:
+        refuse('"format"', f"must be {MANIFEST_FORMAT!r}", manifest.get("format"))
+    targets = manifest.get("targets")
+    if not isinstance(targets, dict):
+        refuse('"targets"', "must be an object of target name -> entry", targets)
+    for name, entry in targets.items():
+        if not isinstance(entry, dict):
+            refuse(f"targets[{name!r}]", "must be an object", entry)
+        for key, (required, test, what) in _ENTRY_SCHEMA.items():
+            if key not in entry:
+                if required:
+                    refuse(f"targets[{name!r}]", f"has no {key!r}")
+            elif not test(entry[key]):
+                refuse(f"targets[{name!r}][{key!r}]", f"must be {what}", entry[key])
 
 
 def _git(root: Path) -> tuple[str | None, bool | None]:
