@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,8 +17,38 @@ from torch import Tensor
 MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
+def check_boxes(boxes, name: str = "boxes", ndim: int | None = None, where: str = "") -> None:
+    """Refuse with a ValueError anything that is not a tensor of boxes (or box deltas) `(..., 4)`.
+
+    ndim: the exact number of dimensions wanted (2 for `(N, 4)`, 3 for `(B, N, 4)`); None: any
+    number of at least 1. Only the shape is looked at, never the values (no GPU synchronisation).
+    An `(N, 5)` tensor, say (x1, y1, x2, y2, score), would otherwise be read as its first four columns.
+    """
+    shape = tuple(getattr(boxes, "shape", ()))
+    want = "(..., 4)" if ndim is None else {1: "(4,)", 2: "(N, 4)", 3: "(B, N, 4)"}.get(ndim, f"{ndim}-D (..., 4)")
+    if not isinstance(boxes, Tensor) or not shape or shape[-1] != 4 or (ndim is not None and len(shape) != ndim):
+        got = f"a tensor of shape {shape}" if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"{where + ': ' if where else ''}{name} must be a tensor of shape {want}, got {got}")
+
+
+def as_boxes(boxes, name: str = "boxes", where: str = "") -> Tensor:
+    """`boxes` (a tensor, array or nested list) as an `(N, 4)` tensor, or a ValueError naming `name`.
+
+    What callers hand in for "no boxes" ([] or a (0,) tensor) becomes (0, 4), and one box (4,)
+    becomes (1, 4). Any other shape is refused: `reshape(-1, 4)` would read the rows of an
+    (N, 5) tensor as 5 N / 4 other boxes whenever N is a multiple of 4.
+    """
+    if not isinstance(boxes, Tensor):
+        boxes = torch.as_tensor(np.asarray(boxes))
+    if boxes.dim() == 1 and boxes.numel() in (0, 4):
+        return boxes.reshape(-1, 4)
+    check_boxes(boxes, name, ndim=2, where=where)
+    return boxes
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """Areas of `boxes: (..., 4)`; returns `(...)`."""
+    check_boxes(boxes, where="box_area")
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
@@ -29,6 +60,11 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     that our NMS and theirs break exact-threshold ties identically. A degenerate box (zero width
     or height) has IoU 0 with everything.
     """
+    check_boxes(boxes1, "boxes1", where="box_iou")
+    check_boxes(boxes2, "boxes2", where="box_iou")
+    if boxes1.dim() < 2 or boxes2.dim() < 2:
+        raise ValueError(f"box_iou: boxes1 and boxes2 must be (..., N, 4) and (..., M, 4), "
+                         f"got shapes {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     area1 = box_area(boxes1)[..., :, None]
     area2 = box_area(boxes2)[..., None, :]
     # One (N, M) plane per coordinate keeps every pass over the big matrix contiguous.
@@ -54,6 +90,8 @@ def encode(reference: Tensor, boxes: Tensor, std: tuple[float, ...] = (1.0, 1.0,
     reference (anchors or proposals): (..., 4); boxes: (..., 4) -> deltas (..., 4) = (tx, ty, tw, th) / std, with
     tx = (x - xa) / wa, ty = (y - ya) / ha, tw = log(w / wa), th = log(h / ha).
     """
+    check_boxes(reference, "reference", where="encode")
+    check_boxes(boxes, where="encode")
     rx, ry, rw, rh = _centers_sizes(reference.float())
     gx, gy, gw, gh = _centers_sizes(boxes.float())
     deltas = torch.stack(((gx - rx) / rw, (gy - ry) / rh, torch.log(gw / rw), torch.log(gh / rh)), dim=-1)
@@ -65,6 +103,8 @@ def decode(reference: Tensor, deltas: Tensor, std: tuple[float, ...] = (1.0, 1.0
 
     Runs in fp32 whatever the input precision; tw, th are clamped so exp() cannot overflow.
     """
+    check_boxes(reference, "reference", where="decode")
+    check_boxes(deltas, "deltas", where="decode")
     deltas = deltas.float() * deltas.new_tensor(std, dtype=torch.float32)
     rx, ry, rw, rh = _centers_sizes(reference.float())
     dx, dy = deltas[..., 0], deltas[..., 1]
@@ -80,6 +120,7 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int] | Tensor) -> Tensor:
     `image_size` may be a tensor `(..., 2)` of per-image sizes matching the leading dims, so a batch
     of differently sized images is clipped in one call.
     """
+    check_boxes(boxes, where="clip_boxes")
     size = torch.as_tensor(image_size, dtype=boxes.dtype, device=boxes.device)
     height, width = size[..., 0, None], size[..., 1, None]
     x = boxes[..., 0::2].clamp(min=0)
@@ -91,6 +132,7 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int] | Tensor) -> Tensor:
 
 def small_box_mask(boxes: Tensor, min_size: float | Tensor) -> Tensor:
     """True where a box of `boxes: (..., 4)` is at least `min_size` wide and high (broadcasts)."""
+    check_boxes(boxes, where="small_box_mask")
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
     return (widths >= min_size) & (heights >= min_size)
@@ -98,4 +140,5 @@ def small_box_mask(boxes: Tensor, min_size: float | Tensor) -> Tensor:
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of the boxes in `boxes: (N, 4)` whose sides are both ≥ `min_size` (torchvision's signature)."""
+    check_boxes(boxes, ndim=2, where="remove_small_boxes")
     return torch.nonzero(small_box_mask(boxes, min_size)).flatten()

@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.boxes import as_boxes, box_iou
 from fasterrcnn_edu.evaluation import evaluate_voc
 
 __all__ = ["FG_IOU", "BG_IOU", "ERROR_TYPES", "FALSE_POSITIVE_TYPES", "SIZE_BINS", "OCCLUSION_BINS",
@@ -108,7 +108,8 @@ def classify_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
     d, g = len(scores), len(gt_labels)
     difficult = np.zeros(g, dtype=bool) if gt_difficult is None else gt_difficult.cpu().numpy().astype(bool)
     # In the boxes' own precision, as evaluate_voc computes it: an IoU on the 0.5 edge must fall the same way.
-    iou = box_iou(boxes.reshape(-1, 4).cpu(), gt_boxes.reshape(-1, 4).cpu()).double().numpy()
+    iou = box_iou(as_boxes(boxes.cpu(), where="classify_image"),
+                  as_boxes(gt_boxes.cpu(), "gt_boxes", "classify_image")).double().numpy()
     label_np, gt_label_np = labels.cpu().numpy(), gt_labels.cpu().numpy()
     same = label_np[:, None] == gt_label_np[None, :]                  # (D, G)
     best_same, arg_same = _best(iou, same)
@@ -152,7 +153,7 @@ def classify_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
 
 def _fix_image(detection: dict, target: dict, errors: ImageErrors, fix: frozenset[str]) -> tuple[dict, dict]:
     """One image's detections and targets with the errors of the types in `fix` corrected (see the module table)."""
-    boxes = detection["boxes"].reshape(-1, 4).clone()
+    boxes = as_boxes(detection["boxes"], "detection['boxes']", "fix_errors").clone()
     labels = detection["labels"].clone()
     scores = detection["scores"]
     keep = ~np.isin(errors.kind, list(fix & {"duplicate", "background", "both"}))
@@ -200,7 +201,7 @@ def _occlusion(target: dict) -> np.ndarray:
     """(G,) fraction hidden: the target's "occlusion" field, or the largest fraction of each box covered by another box."""
     if target.get("occlusion") is not None:
         return target["occlusion"].cpu().double().numpy()
-    b = target["boxes"].reshape(-1, 4).cpu().double().numpy()
+    b = as_boxes(target["boxes"], "target['boxes']").cpu().double().numpy()
     width = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
     height = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
     area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
@@ -237,7 +238,7 @@ def _object_table(targets: Sequence[dict], errors: Sequence[ImageErrors], score_
     for image, (t, e) in enumerate(zip(targets, errors)):
         g = len(t["labels"])
         keep = np.ones(g, dtype=bool) if t.get("difficult") is None else ~t["difficult"].cpu().numpy().astype(bool)
-        b = t["boxes"].reshape(-1, 4).cpu().double().numpy()
+        b = as_boxes(t["boxes"], f"targets[{image}]['boxes']").cpu().double().numpy()
         truncated = np.zeros(g, dtype=bool) if t.get("truncated") is None else t["truncated"].cpu().numpy()
         no_tp = np.isnan(e.gt_tp_score)
         rows["image"].append(np.full(int(keep.sum()), image))

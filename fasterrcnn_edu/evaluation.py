@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.boxes import as_boxes, box_iou
 
 __all__ = [
     "VOCResult",
@@ -224,14 +224,15 @@ def evaluate_voc(detections: Sequence[dict], targets: Sequence[dict], num_classe
     """
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection dicts for {len(targets)} targets")
-    dets = [{k: to_cpu(d[k]) for k in ("boxes", "scores", "labels")} for d in detections]
-    tgts = [{"boxes": to_cpu(t["boxes"]).reshape(-1, 4), "labels": to_cpu(t["labels"]),
-             "difficult": _difficult_mask(t)} for t in targets]
+    dets = [{"boxes": as_boxes(to_cpu(d["boxes"]), f"detections[{i}]['boxes']", "evaluate_voc"),
+             **{k: to_cpu(d[k]) for k in ("scores", "labels")}} for i, d in enumerate(detections)]
+    tgts = [{"boxes": as_boxes(to_cpu(t["boxes"]), f"targets[{i}]['boxes']", "evaluate_voc"), "labels": to_cpu(t["labels"]),
+             "difficult": _difficult_mask(t)} for i, t in enumerate(targets)]
 
     ap, precision, recall, npos, labels = {}, {}, {}, {}, {}
     for c in range(1, num_classes):
         key = _class_key(c, num_classes, class_names)
-        class_dets = [(d["boxes"].reshape(-1, 4)[d["labels"] == c], d["scores"][d["labels"] == c])
+        class_dets = [(d["boxes"][d["labels"] == c], d["scores"][d["labels"] == c])
                       for d in dets]
         class_gts = [(t["boxes"][t["labels"] == c], t["difficult"][t["labels"] == c]) for t in tgts]
         tp, fp, n = _match_class(class_dets, class_gts, iou_threshold)
@@ -281,11 +282,11 @@ def evaluate_coco(detections: Sequence[dict], targets: Sequence[dict],
                   for c in range(1, num_classes)]
     images, gt_anns, dt_anns = [], [], []
     for img_id, (det, tgt) in enumerate(zip(detections, targets), start=1):
-        t_boxes = to_cpu(tgt["boxes"]).float().reshape(-1, 4)
+        t_boxes = as_boxes(to_cpu(tgt["boxes"]), f"targets[{img_id - 1}]['boxes']", "evaluate_coco").float()
         t_labels = to_cpu(tgt["labels"]).long()
         t_diff = _difficult_mask(tgt)
         # The image size only matters for segmentation; use the extent of all boxes.
-        d_boxes = to_cpu(det["boxes"]).float().reshape(-1, 4)
+        d_boxes = as_boxes(to_cpu(det["boxes"]), f"detections[{img_id - 1}]['boxes']", "evaluate_coco").float()
         extent = torch.cat([t_boxes, d_boxes]).amax(0) if len(t_boxes) + len(d_boxes) else None
         width = int(math.ceil(extent[2])) + 1 if extent is not None else 1
         height = int(math.ceil(extent[3])) + 1 if extent is not None else 1
@@ -343,10 +344,10 @@ def recall_vs_iou(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor], top_n
         else np.asarray(iou_thresholds, dtype=np.float64)
     best = []
     for i, (props, gts) in enumerate(zip(proposals, gt_boxes)):
-        gts = to_cpu(gts).float().reshape(-1, 4)
+        gts = as_boxes(to_cpu(gts), f"gt_boxes[{i}]", "recall_vs_iou").float()
         if difficult is not None:
             gts = gts[~to_cpu(difficult[i]).bool().reshape(-1)]
-        props = to_cpu(props).float().reshape(-1, 4)[:top_n]
+        props = as_boxes(to_cpu(props), f"proposals[{i}]", "recall_vs_iou").float()[:top_n]
         if len(props) == 0:
             best.append(torch.zeros(len(gts)))           # nothing proposed: recall 0
         elif len(gts):

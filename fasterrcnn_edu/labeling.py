@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.boxes import box_iou, check_boxes
 
 POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
 
@@ -36,6 +36,8 @@ def pad_ground_truth(boxes: list[Tensor], device=None) -> tuple[Tensor, Tensor]:
 
     boxes: list of B tensors (G_b, 4) -> padded (B, G, 4) with G = max(1, max G_b) and valid (B, G) bool.
     """
+    for i, b in enumerate(boxes):
+        check_boxes(b, f"boxes[{i}]", ndim=2, where="pad_ground_truth")
     device = device if device is not None else (boxes[0].device if boxes else "cpu")
     max_boxes = max([1] + [b.shape[0] for b in boxes])
     padded = torch.zeros(len(boxes), max_boxes, 4, device=device)
@@ -63,9 +65,19 @@ def pad_flags(flags: list[Tensor | None], valid: Tensor) -> Tensor | None:
 
 def inside_image(anchors: Tensor, image_sizes: Tensor) -> Tensor:
     """anchors: (A, 4), image_sizes: (B, 2) as (height, width) -> (B, A) True where fully inside."""
+    check_boxes(anchors, "anchors", ndim=2, where="inside_image")
     height, width = image_sizes[:, 0:1].to(anchors.dtype), image_sizes[:, 1:2].to(anchors.dtype)
     return ((anchors[None, :, 0] >= 0) & (anchors[None, :, 1] >= 0)
             & (anchors[None, :, 2] <= width) & (anchors[None, :, 3] <= height))
+
+
+def _check_anchors_and_gt(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, where: str) -> None:
+    """ValueError unless anchors is (A, 4), gt_boxes (B, G, 4) and gt_valid (B, G)."""
+    check_boxes(anchors, "anchors", ndim=2, where=where)
+    check_boxes(gt_boxes, "gt_boxes", ndim=3, where=where)
+    if not isinstance(gt_valid, Tensor) or gt_valid.shape != gt_boxes.shape[:2]:
+        raise ValueError(f"{where}: gt_valid must be a (B, G) = {tuple(gt_boxes.shape[:2])} tensor, got "
+                         f"{tuple(gt_valid.shape) if isinstance(gt_valid, Tensor) else type(gt_valid).__name__}")
 
 
 def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_sizes: Tensor | None = None,
@@ -78,6 +90,7 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     ours): they make no anchor positive, and an anchor whose IoU with one reaches `bg_iou` is
     ignored rather than negative.
     """
+    _check_anchors_and_gt(anchors, gt_boxes, gt_valid, "label_anchors")
     batch = gt_boxes.shape[0]
     # Padding becomes the degenerate box (0, 0, 0, 0), whose IoU with any anchor is 0: cheaper
     # than masking the (B, G, A) IoU matrix for it afterwards.
@@ -173,6 +186,7 @@ def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     0). An anchor of `label_anchors` is positive by the rules iff `(best | above).any(dim=1)`.
     (Ignore regions, `gt_ignore` of `label_anchors`, are not taken into account here.)
     """
+    _check_anchors_and_gt(anchors, gt_boxes, gt_valid, "match_anchors")
     batch = gt_boxes.shape[0]
     iou = box_iou(gt_boxes, anchors.expand(batch, -1, -1))                  # (B, G, A)
     iou.masked_fill_(~gt_valid[:, :, None], -1.0)

@@ -19,7 +19,16 @@ import torch
 import torchvision
 from torch import Tensor
 
-from fasterrcnn_edu.boxes import box_iou
+from fasterrcnn_edu.boxes import box_iou, check_boxes
+
+
+def check_nms_inputs(boxes: Tensor, scores: Tensor, where: str, categories: Tensor | None = None) -> None:
+    """ValueError unless boxes is (N, 4) and scores (and categories) are (N,): the contract of every NMS here."""
+    check_boxes(boxes, ndim=2, where=where)
+    for name, values in (("scores", scores), ("categories", categories)):
+        if values is not None and (not isinstance(values, Tensor) or values.shape != boxes.shape[:1]):
+            got = f"shape {tuple(values.shape)}" if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"{where}: {name} must be a tensor of shape ({len(boxes)},), one per box, got {got}")
 
 
 def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[tuple[int, Tensor]]:
@@ -27,6 +36,7 @@ def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[t
 
     boxes: (N, 4), scores: (N,). Indices refer to the input order.
     """
+    check_nms_inputs(boxes, scores, "nms_steps")
     remaining = torch.sort(scores, descending=True, stable=True).indices
     while remaining.numel() > 0:
         best, rest = remaining[0], remaining[1:]
@@ -40,6 +50,7 @@ def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[t
 
 def nms_readable(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS in pure PyTorch. boxes: (N, 4), scores: (N,) -> kept indices (K,) int64, best first."""
+    check_nms_inputs(boxes, scores, "nms_readable")
     kept = [best for best, _ in nms_steps(boxes.float(), scores.float(), iou_threshold)]
     return torch.tensor(kept, dtype=torch.int64, device=boxes.device)
 
@@ -50,6 +61,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int | Non
     max_kept: the caller keeps only the first `max_kept` boxes (the RPN's top-N after NMS), so
     stop once that many are kept — `nms_top` — instead of deciding about all N boxes.
     """
+    check_nms_inputs(boxes, scores, "nms")
     if max_kept is not None and max_kept < len(boxes):
         return nms_top(boxes, scores, iou_threshold, max_kept)
     return torchvision.ops.nms(boxes.float(), scores.float(), iou_threshold)
@@ -66,6 +78,7 @@ def nms_top(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int, 
     twice the number still missing, so one block usually suffices. (On CUDA every block costs one
     host synchronisation, as every call of the kernel already does; not measured on a GPU yet.)
     """
+    check_nms_inputs(boxes, scores, "nms_top")
     boxes, scores = boxes.float(), scores.float()
     order = torch.sort(scores, descending=True, stable=True).indices
     kept = order[:0]
@@ -89,6 +102,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, categories: Tensor, iou_threshold
     switches between two strategies by input size; offsetting boxes per category changes the float
     arithmetic of IoU, so we always run the plain per-category loop — a loop over classes, not boxes.)
     """
+    check_nms_inputs(boxes, scores, "batched_nms", categories)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for category in torch.unique(categories):
         members = torch.nonzero(categories == category).flatten()

@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import Tensor
 
-from fasterrcnn_edu.boxes import clip_boxes, decode, small_box_mask
+from fasterrcnn_edu.boxes import check_boxes, clip_boxes, decode, small_box_mask
 from fasterrcnn_edu.nms import nms
 
 
@@ -39,6 +39,8 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     minimum side in resized-image pixels. Returns per image boxes (P_b, 4) and scores (P_b,),
     sorted by descending objectness.
     """
+    check_boxes(anchors, "anchors", ndim=2, where="generate_proposals")
+    check_boxes(deltas, "deltas", ndim=3, where="generate_proposals")
     scores = objectness_scores(objectness)                                   # (B, A)
     boxes = clip_boxes(decode(anchors[None], deltas), image_sizes)            # (B, A, 4)
     min_size = torch.as_tensor(min_size, dtype=boxes.dtype, device=boxes.device).reshape(-1, 1)
@@ -79,6 +81,8 @@ def proposal_steps(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_si
     anchors: (A, 4); objectness: (A, 2) or (A,) logits; deltas: (A, 4); image_size: (height, width)
     of the resized image; min_size: the minimum side in resized-image pixels.
     """
+    check_boxes(anchors, "anchors", ndim=2, where="proposal_steps")
+    check_boxes(deltas, "deltas", ndim=2, where="proposal_steps")
     scores = objectness_scores(objectness[None])[0]                          # (A,)
     index = torch.arange(anchors.shape[0], device=anchors.device)
     decoded = decode(anchors, deltas)

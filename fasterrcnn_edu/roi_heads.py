@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from fasterrcnn_edu.boxes import box_iou, clip_boxes, decode, encode, small_box_mask
+from fasterrcnn_edu.boxes import box_iou, check_boxes, clip_boxes, decode, encode, small_box_mask
 from fasterrcnn_edu.labeling import gather_matched, pad_flags, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.losses import fast_rcnn_losses
 from fasterrcnn_edu.nms import batched_nms
@@ -92,6 +92,8 @@ def pool_rois(features: Tensor, rois: Tensor, output_size: int, spatial_scale: f
 
 def rois_with_batch_index(boxes: list[Tensor]) -> Tensor:
     """Per-image boxes [(R_b, 4)] -> (ΣR_b, 5) rows (batch index, x1, y1, x2, y2)."""
+    for i, b in enumerate(boxes):
+        check_boxes(b, f"boxes[{i}]", ndim=2, where="rois_with_batch_index")
     index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
     return torch.cat([index, torch.cat(boxes)], dim=1)
 
@@ -113,6 +115,9 @@ def sample_rois(proposals: list[Tensor], gt_boxes: Tensor, gt_labels: Tensor, gt
     gt_ignore: (B, G) bool ignore regions (ours, `Config.difficult="ignore"`): never foreground nor
     added as candidates, and an RoI whose IoU with one reaches `bg_iou_high` is not background.
     """
+    for i, p in enumerate(proposals):
+        check_boxes(p, f"proposals[{i}]", ndim=2, where="sample_rois")
+    check_boxes(gt_boxes, "gt_boxes", ndim=3, where="sample_rois")
     batch = len(proposals)
     real = gt_valid if gt_ignore is None else gt_valid & ~gt_ignore             # (B, G) objects to learn
     candidates = [torch.cat([p, g[v]]) for p, g, v in zip(proposals, gt_boxes, real)]

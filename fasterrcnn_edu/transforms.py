@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fasterrcnn_edu.boxes import check_boxes
+
 
 @dataclass
 class ImageBatch:
@@ -60,6 +62,7 @@ def normalize(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) ->
 
 def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
     """Boxes (N, 4) of an image `width` pixels wide, mirrored left-right: x1' = W - x2, x2' = W - x1."""
+    check_boxes(boxes, ndim=2, where="hflip_boxes")
     return torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
 
 
@@ -81,6 +84,48 @@ def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor
     return batch, sizes.to(images[0].device)
 
 
+def check_inputs(images, targets: list[dict] | None = None) -> None:
+    """Refuse (ValueError / TypeError) inputs that the model would otherwise misread silently.
+
+    images must be a list (or tuple) of float (3, H, W) tensors in [0, 1], as for torchvision's
+    detection models: a bare (3, H, W) tensor would be iterated as three one-channel "images" and a
+    (H, W) or (1, H, W) one broadcast against the three channel means; a uint8 image, taken as
+    [0, 1], would be almost all white and give no detections. targets, if given: one dict per image
+    with "boxes" (N, 4) and "labels" (N,). Only shapes and dtypes are looked at (no GPU sync).
+    """
+    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
+        what = f"a tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"images must be a list of (3, H, W) tensors, got {what}; pass [image] for one "
+                        "image, or list(batch) for a (B, 3, H, W) batch")
+    if not images:
+        raise ValueError("images is an empty list; pass at least one (3, H, W) tensor")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise TypeError(f"images[{i}] must be a (3, H, W) tensor, got {type(image).__name__}")
+        if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"images[{i}] must be an RGB image of shape (3, H, W) with H, W >= 1, "
+                             f"got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise TypeError(f"images[{i}] must be a floating-point tensor with values in [0, 1], got {image.dtype}; "
+                            "convert a uint8 image with image.float() / 255")
+    if targets is None:
+        return
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+        what = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(f"targets must be a list of one dict per image ({len(images)}), got {what}")
+    for i, target in enumerate(targets):
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"targets[{i}] must be a dict with 'boxes' (N, 4) and 'labels' (N,)")
+        for key in BOX_KEYS:
+            if key in target:
+                check_boxes(target[key], f"targets[{i}][{key!r}]", ndim=2)
+        labels = target["labels"]
+        if not isinstance(labels, Tensor) or labels.shape != target["boxes"].shape[:1]:
+            got = f"shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"targets[{i}]['labels'] must be a tensor of shape ({len(target['boxes'])},), "
+                             f"one per box, got {got}")
+
+
 class ImageTransform:
     """Resize + normalise + batch on the way in (`__call__`), scale boxes back on the way out."""
 
@@ -92,6 +137,7 @@ class ImageTransform:
 
     def __call__(self, images: list[Tensor], targets: list[dict] | None = None
                  ) -> tuple[ImageBatch, list[dict] | None]:
+        check_inputs(images, targets)
         prepared, scales, original_sizes = [], [], []
         for image in images:
             height, width = image.shape[-2:]

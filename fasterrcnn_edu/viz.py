@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from fasterrcnn_edu.anchors import feature_map_size
+from fasterrcnn_edu.boxes import as_boxes
 
 __all__ = [
     "class_color", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
@@ -50,6 +51,11 @@ def _np(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _np_boxes(boxes, name: str, where: str) -> np.ndarray:
+    """Boxes (tensor, array or list) -> NumPy (N, 4); ValueError naming `name` for any other shape (`as_boxes`)."""
+    return _np(as_boxes(torch.as_tensor(_np(boxes)), name, where))
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6, 4.5)) -> Axes:
@@ -140,7 +146,7 @@ def draw_boxes(ax: Axes, boxes, labels=None, scores=None, class_names: Sequence[
     "name 0.93" tag. color: one colour for all boxes (overrides the class colours), or a list
     of N colours.
     """
-    boxes = _np(boxes).reshape(-1, 4)
+    boxes = _np_boxes(boxes, "boxes", "draw_boxes")
     labels = None if labels is None else _np(labels).reshape(-1)
     scores = None if scores is None else _np(scores).reshape(-1)
     n = len(boxes)
@@ -170,7 +176,7 @@ def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3) -> Axes:
     (visible on light and dark backgrounds), no label: class colours belong to predictions."""
     from matplotlib import patheffects
 
-    for x1, y1, x2, y2 in _np(boxes).reshape(-1, 4):
+    for x1, y1, x2, y2 in _np_boxes(boxes, "boxes", "draw_ground_truth"):
         patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_STYLE_COLOR, linestyle="--",
                           linewidth=linewidth)
         patch.set_path_effects([patheffects.withStroke(linewidth=linewidth + 1.4, foreground="black", alpha=0.7)])
@@ -192,7 +198,7 @@ def plot_detections(image, detections: Mapping, class_names: Sequence[str] | Non
         draw_ground_truth(ax, targets["boxes"])
     scores = _np(detections["scores"]).reshape(-1)
     keep = scores >= score_threshold
-    draw_boxes(ax, _np(detections["boxes"]).reshape(-1, 4)[keep],
+    draw_boxes(ax, _np_boxes(detections["boxes"], "detections['boxes']", "plot_detections")[keep],
                labels=_np(detections["labels"]).reshape(-1)[keep], scores=scores[keep],
                class_names=class_names, linewidth=2.0)
     if title is not None:
@@ -207,7 +213,7 @@ def mark_cross_class_duplicates(ax: Axes, detections: Mapping, class_names: Sequ
     The lower-scoring one of each pair gets a callout. Returns the pairs (i, j, IoU), i scoring higher."""
     from fasterrcnn_edu.boxes import box_iou
 
-    boxes = torch.as_tensor(_np(detections["boxes"])).reshape(-1, 4).float()
+    boxes = torch.as_tensor(_np_boxes(detections["boxes"], "detections['boxes']", "mark_cross_class_duplicates")).float()
     labels = _np(detections["labels"]).reshape(-1)
     scores = _np(detections["scores"]).reshape(-1)
     shown = np.flatnonzero(scores >= score_threshold)
@@ -245,7 +251,7 @@ def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | 
     or None (one colour). A legend names the groups.
     """
     ax = _axes(ax)
-    anchors = _np(anchors).reshape(-1, 4).astype(np.float64)
+    anchors = _np_boxes(anchors, "anchors", "plot_anchors").astype(np.float64)
     _show_or_blank(ax, image, image_size)
     w = anchors[:, 2] - anchors[:, 0]
     h = anchors[:, 3] - anchors[:, 1]
@@ -313,7 +319,7 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
     and the ground truth in the book's neutral style (`draw_ground_truth`). Ignored anchors are not drawn.
     """
     ax = show_image(image, ax=ax)
-    anchors = _np(anchors).reshape(-1, 4)
+    anchors = _np_boxes(anchors, "anchors", "plot_anchor_labels")
     labels = _np(labels).reshape(-1)
     negatives = np.flatnonzero(labels == 0)
     if len(negatives) > max_negatives:
@@ -343,7 +349,7 @@ def plot_anchor_matches(image, anchors, iou, gt_boxes, names: Sequence[str] | No
     Object g's best anchor is drawn in colour `class_color(g)`.
     """
     ax = show_image(image, ax=ax)
-    anchors = _np(anchors).reshape(-1, 4)
+    anchors = _np_boxes(anchors, "anchors", "plot_anchor_matches")
     iou = _np(iou).reshape(-1, len(anchors))
     handles = []
     if labels is not None:
@@ -386,7 +392,7 @@ def plot_proposals(image, proposals, scores=None, top: int = 50, ax: Axes | None
     between panels: pass the same values, `colorbar=False`, and add one `score_colorbar` to the figure).
     """
     ax = show_image(image, ax=ax)
-    boxes = _np(proposals).reshape(-1, 4)
+    boxes = _np_boxes(proposals, "proposals", "plot_proposals")
     if scores is not None:
         s = _np(scores).reshape(-1).astype(np.float64)
         order = np.argsort(-s, kind="stable")[:top]
@@ -422,7 +428,7 @@ def plot_nms_steps(boxes, scores, keep, ax: Axes | None = None, image=None,
     score ("#1 s=0.92"), suppressed ones dashed grey with their score ("s=0.81"). boxes: (N, 4),
     scores: (N,). show_index: write each box's index just outside its bottom-left corner."""
     ax = _axes(ax)
-    boxes = _np(boxes).reshape(-1, 4)
+    boxes = _np_boxes(boxes, "boxes", "plot_nms_steps")
     scores = _np(scores).reshape(-1)
     keep = _np(keep).reshape(-1).astype(int)
     if image is not None:

@@ -280,3 +280,39 @@ def test_overfit_two_shapes():
         best = found[detection["scores"][found].argmax()]
         assert detection["labels"][best] == gt_label, (
             f"top detection on the class-{int(gt_label)} object has class {int(detection['labels'][best])}")
+
+
+# Issue 25, class 6: inputs the model would misread silently are refused, as torchvision refuses them.
+@pytest.mark.parametrize("images, error, message", [
+    ([torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)], TypeError,
+     r"images\[0\] must be a floating-point tensor with values in \[0, 1\], got torch.uint8"),
+    (torch.rand(3, 64, 80), TypeError, r"images must be a list of \(3, H, W\) tensors, got a tensor of shape \(3, 64, 80\)"),
+    (torch.rand(2, 3, 64, 80), TypeError, r"list\(batch\) for a \(B, 3, H, W\) batch"),
+    ([torch.rand(64, 80)], ValueError, r"images\[0\] must be an RGB image of shape \(3, H, W\).*got shape \(64, 80\)"),
+    ([torch.rand(3, 64, 80), torch.rand(1, 64, 80)], ValueError, r"images\[1\] must be an RGB image.*\(1, 64, 80\)"),
+    ([torch.rand(3, 0, 80)], ValueError, r"with H, W >= 1, got shape \(3, 0, 80\)"),
+    ([], ValueError, r"images is an empty list"),
+    ([np.zeros((3, 64, 80), dtype=np.float32)], TypeError, r"images\[0\] must be a \(3, H, W\) tensor, got ndarray"),
+])
+def test_eval_refuses_images_it_would_misread(images, error, message):
+    model = FasterRCNN(_tiny_config()).eval()
+    with torch.no_grad(), pytest.raises(error, match=message):
+        model(images)
+    with pytest.raises(error, match=message):
+        model.proposals_for_images(images)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t[:1], r"targets must be a list of one dict per image \(2\), got 1 targets"),
+    (lambda t: [{**t[0], "boxes": torch.cat([t[0]["boxes"], torch.ones(2, 1)], 1)}, t[1]],
+     r"targets\[0\]\['boxes'\] must be a tensor of shape \(N, 4\), got a tensor of shape \(2, 5\)"),
+    (lambda t: [t[0], {**t[1], "labels": torch.tensor([1, 2])}],
+     r"targets\[1\]\['labels'\] must be a tensor of shape \(1,\), one per box"),
+    (lambda t: [t[0], {"labels": t[1]["labels"]}], r"targets\[1\] must be a dict with 'boxes'"),
+])
+def test_training_refuses_targets_that_do_not_fit_the_images(change, message):
+    model = FasterRCNN(_tiny_config()).train()
+    images, targets = _tiny_batch()
+    for call in (model, model.rpn_losses, model.detector_losses):
+        with pytest.raises(ValueError, match=message):
+            call(images, change(targets))
