@@ -183,3 +183,22 @@ def test_eval_refuses_an_empty_split_and_a_split_without_objects(tiny_shapes, tm
     assert main(["eval", "--model", str(REFERENCE), "--data", str(root), "--out", str(tmp_path / "e2"),
                  "--device", "cpu"]) == 1
     assert "mAP is undefined" in capsys.readouterr().err
+
+
+def test_errors_on_a_split_without_objects_says_the_breakdown_is_undefined(tiny_shapes, tmp_path, capsys):
+    """Issue 25, class 7: `errors` ended in a matplotlib traceback ("Axis limits cannot be NaN or Inf")."""
+    import re
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(tiny_shapes, root)
+    for xml in (root / "Annotations").glob("*.xml"):
+        xml.write_text(re.sub(r"<object>.*?</object>", "", xml.read_text(), flags=re.S))
+    out = tmp_path / "errors.json"
+    assert main(["errors", "--model", str(REFERENCE), "--data", str(root), "--out", str(out),
+                 "--device", "cpu", "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "hold no (non-difficult) ground-truth object, so the mAP and its breakdown by error type are undefined" in err
+    assert "Traceback" not in err and not out.exists()
+    # With objects it runs (the check counts objects, it does not refuse every split).
+    assert main(["errors", "--model", str(REFERENCE), "--data", str(tiny_shapes), "--out", str(out),
+                 "--device", "cpu", "--threads", "1"]) == 0 and out.is_file()

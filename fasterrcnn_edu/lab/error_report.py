@@ -29,7 +29,11 @@ TYPE_COLOURS = {"classification": "tab:red", "localisation": "tab:orange", "both
 
 def plot_error_breakdown(report: dict, ax=None):
     """Bar chart of ΔAP (AP points recovered by fixing one error type) from an `analyse_errors` report."""
+    import math
+
     import matplotlib.pyplot as plt
+    if not math.isfinite(report["map"]):
+        raise ValueError("the report's mAP is undefined (no ground-truth object), so there is no breakdown to plot")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.6))
     values = [100 * report["delta_ap"][kind] for kind in ERROR_TYPES]
@@ -100,7 +104,15 @@ def errors_command(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, args.split, classes)
     if dataset is None:
         return 1
-    subset = Subset(dataset, range(min(args.limit, len(dataset)))) if args.limit else dataset
+    indices = range(min(args.limit, len(dataset))) if args.limit else range(len(dataset))
+    objects = sum(int((~dataset.records[i].difficult).sum()) for i in indices)
+    if objects == 0:
+        # mAP, and so the AP each error type costs, is undefined without an object to find (NaN),
+        # as `eval` says; checked before the detector runs over the split.
+        print(f"error: {args.data} [{args.split}]: the {len(indices)} image(s) hold no (non-difficult) ground-truth "
+              "object, so the mAP and its breakdown by error type are undefined", file=sys.stderr)
+        return 1
+    subset = Subset(dataset, indices)
     detections, targets = predict_dataset(model, subset, device, progress=True)
     report = analyse_errors(detections, targets, len(classes) + 1, class_names=classes,
                             score_threshold=args.score_threshold, top=args.top)
