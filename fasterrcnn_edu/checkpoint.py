@@ -151,6 +151,15 @@ def save_model(model: nn.Module, path: str | Path, cfg: Config, classes: list[st
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
+# How torch's weights-only reader words a refused object (torch 2.14.1, torch/_weights_only_unpickler.py):
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked." (os, sys, posix, nt),
+# "Unsupported global: GLOBAL x.Y was not an allowed global by default...", and the refused NEWOBJ and
+# REDUCE of a class or function that is not allow-listed. Its other errors ("Unsupported operand 149")
+# are bytes it cannot parse at all: random data as much as a pickle, so those are called corrupt.
+_REFUSED_OBJECT = re.compile(r"unsupported global|can only create new object|call reduce for unrecognized function",
+                             re.IGNORECASE)
+
+
 def read_torch_file(path: str | Path, what: str = "checkpoint"):
     """`torch.load(path, weights_only=True)` on the CPU; CheckpointError names the file and says why not:
     missing, not a regular file, pickled Python objects (refused: they could run code), or corrupt.
@@ -165,10 +174,12 @@ def read_torch_file(path: str | Path, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
-            first = next((line for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        refusal = next((line for line in str(exc).splitlines() if _REFUSED_OBJECT.search(line)), None)
+        if refusal:
+            # Torch's first sentence only: the rest advises allow-listing the global, i.e. running the code.
+            refusal = refusal.replace("WeightsUnpickler error:", "").strip().split(". ")[0].rstrip(".")
             raise CheckpointError(f"refusing {what} {path}: it holds pickled Python objects, which could "
-                                  f"run code when loaded ({first.strip()})") from None
+                                  f"run code when loaded ({refusal})") from None
         raise CheckpointError(f"{path}: {what} is corrupt or truncated: not a PyTorch file") from None
     except (KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, ValueError):
         # What torch.load's legacy reader raises for bytes that are no PyTorch file at all (text, random data).

@@ -220,3 +220,35 @@ def test_cli_says_corrupt_in_one_line(tmp_path, how, capsys):
     assert main(["eval", "--model", str(path), "--out", str(tmp_path / "eval")]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}") and "corrupt" in err and "Traceback" not in err
+
+
+# Issue 25, class 9: a malicious pickle is reported as pickled objects refused, in the words the pinned torch
+# really uses ("unsupported GLOBAL ... is blocked" for os/sys/posix/nt, "Unsupported global" otherwise).
+class _RunsCode:
+    """Unpickling this calls `function(argument)`: what a malicious checkpoint does."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("function, wording", [
+    (os.system, r"Trying to load unsupported GLOBAL posix\.system whose module posix is blocked"),
+    (eval, r"Unsupported global: GLOBAL eval was not an allowed global by default"),
+])
+def test_a_malicious_pickle_is_refused_as_pickled_objects(tmp_path, function, wording, capsys):
+    marker = tmp_path / "code-ran"
+    payload = f"touch {marker}" if function is os.system else f"open({str(marker)!r}, 'w')"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "fasterrcnn_edu/1", "kind": "shared", "model": _RunsCode(function, payload)}, path)
+    for load in (load_model, load_checkpoint, load_state_dict):
+        with pytest.raises(CheckpointError, match=rf"refusing .*{path}: it holds pickled Python objects, which "
+                                                  rf"could run code when loaded \({wording}") as info:
+            load(path)
+        assert "corrupt" not in str(info.value)
+    assert main(["detect", str(BACKBONE), "--model", str(path), "--out", str(tmp_path / "det")]) != 0
+    err = capsys.readouterr().err
+    assert "pickled Python objects" in err and "Traceback" not in err
+    assert not marker.exists()
