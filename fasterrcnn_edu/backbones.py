@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fasterrcnn_edu.checkpoint import CheckpointError, file_kind, load_weights, read_torch_file
+from fasterrcnn_edu.fileio import CheckpointError, file_kind, load_weights, read_torch_file
 
 
 class Backbone(nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn_edu.checkpoint import CheckpointError, atomic_write, read_torch_file
+from fasterrcnn_edu.fileio import CheckpointError, atomic_write, read_torch_file
 from fasterrcnn_edu.evaluation import evaluate_coco, evaluate_voc, recall_vs_iou
 
 DETECTIONS_FORMAT = "fasterrcnn_edu-detections/1"

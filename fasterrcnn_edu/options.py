@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from fasterrcnn_edu.fileio import remove_stale_temp_files
+
 
 class UsageError(ValueError):
     """A command-line option that cannot be used; the message names the option and what is wrong."""
@@ -167,11 +169,9 @@ def prepare_output(path: str | os.PathLike, kind: str = "dir", option: str = "--
     kind: "dir" (a folder the command writes files into) or "file" (the file it writes). Refused
     with a UsageError naming `option`: a file where a folder is expected or the reverse, a path in a
     system folder (/etc, /usr, ...) or the file system root, a parent that is a file, a folder that is
-    not writable. Temporary files of interrupted atomic writes (`checkpoint.remove_stale_temp_files`)
+    not writable. Temporary files of interrupted atomic writes (`fileio.remove_stale_temp_files`)
     are deleted, and said so on stderr.
     """
-    from fasterrcnn_edu.checkpoint import remove_stale_temp_files
-
     path = Path(path).expanduser()
     system = _system_folder(path.resolve() if kind == "dir" else path.resolve().parent)
     if system is not None:

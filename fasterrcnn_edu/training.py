@@ -415,7 +415,7 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
           classes: list[str] | None = None, amp: str | None = None) -> TrainResult:
     """Train a detector on `dataset` (items: image (3,H,W) in [0,1], target dict with boxes/labels).
 
-    out_dir: where `checkpoint.pt`, `model.pt`, `log.csv`/`log.jsonl` and `losses.png` go (None: nothing saved).
+    out_dir: where `checkpoint.pt`, `model.pt` and `log.csv`/`log.jsonl` go (None: nothing saved).
     resume: a `checkpoint.pt` of an interrupted run with the same mode and configuration.
     stop_after: stop (after checkpointing) once this many steps of the whole run are done — for tests of resume.
     amp: None, "bf16" or "fp16": autocast the networks (boxes and losses stay fp32; fp16 uses a GradScaler).
@@ -515,7 +515,7 @@ def _distributed_rank_and_size() -> tuple[int, int]:
 # The loss log
 # ---------------------------------------------------------------------------------------------
 def write_log(log: list[dict], out_dir: Path) -> None:
-    """log.jsonl, log.csv and a plot of the loss curves (losses.png)."""
+    """log.jsonl and log.csv (the loss plot, losses.png, is drawn by the `train` command from the log)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "log.jsonl", "w") as f:
         for record in log:
@@ -525,15 +525,3 @@ def write_log(log: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(log)
-    # Stages count their steps from 0: plot against the step of the whole run.
-    offset, previous, last_step, plotted = 0, None, -1, []
-    for record in log:
-        if previous is not None and record["stage"] != previous:
-            offset += last_step + 1
-        previous, last_step = record["stage"], record["step"]
-        plotted.append(dict(record, step=record["step"] + offset))
-    import matplotlib.pyplot as plt          # no matplotlib.use(): that would change a notebook's backend
-    from fasterrcnn_edu.viz import plot_loss_curves
-    ax = plot_loss_curves(plotted)
-    ax.figure.savefig(out_dir / "losses.png", dpi=100, bbox_inches="tight")
-    plt.close(ax.figure)

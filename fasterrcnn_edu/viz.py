@@ -32,7 +32,7 @@ __all__ = [
     "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_anchor_matches", "plot_proposals", "score_colorbar",
     "plot_nms_steps", "mark_cross_class_duplicates",
     "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
-    "plot_loss_curves", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
+    "plot_loss_curves", "whole_run_steps", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
 ]
 
 GT_COLOR = "#00d5ff"          # ground truth when no class is known
@@ -603,6 +603,18 @@ def _log_columns(log) -> dict[str, np.ndarray]:
     if "step" not in cols:
         cols["step"] = np.arange(len(log), dtype=object)
     return cols
+
+
+def whole_run_steps(log: Sequence[dict]) -> list[dict]:
+    """The records of a training log with `step` counted over the whole run: each stage counts its
+    steps from 0, so stage k's steps are shifted by the steps of the stages before it."""
+    offset, previous, last_step, shifted = 0, None, -1, []
+    for record in log:
+        if previous is not None and record["stage"] != previous:
+            offset += last_step + 1
+        previous, last_step = record["stage"], record["step"]
+        shifted.append(dict(record, step=record["step"] + offset))
+    return shifted
 
 
 def plot_loss_curves(log, keys: Sequence[str] | None = None, ax: Axes | None = None,

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fasterrcnn_edu.backbones import build_backbone, load_state_dict
-from fasterrcnn_edu.checkpoint import (CheckpointError, load_checkpoint, load_model, remove_stale_temp_files,
-                                       save_checkpoint, save_model, stale_temp_files)
+from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint, save_model
+from fasterrcnn_edu.fileio import remove_stale_temp_files, stale_temp_files
 from fasterrcnn_edu.cli import main
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.model import FasterRCNN

@@ -19,7 +19,7 @@ from torch import nn
 
 from fasterrcnn_edu.backbones import Backbone, build_backbone
 from fasterrcnn_edu.boxes import box_iou
-from fasterrcnn_edu.checkpoint import atomic_write
+from fasterrcnn_edu.fileio import atomic_write
 from fasterrcnn_edu.commands import DEFAULT_DATA
 from fasterrcnn_edu.config import PRESETS, Config, StageSchedule, get_config
 from fasterrcnn_edu.training import Stage, run_stage, trainable

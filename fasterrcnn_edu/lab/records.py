@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from fasterrcnn_edu.checkpoint import atomic_write
+from fasterrcnn_edu.fileio import atomic_write
 
 
 def command_line(argv: list[str] | None = None) -> str:

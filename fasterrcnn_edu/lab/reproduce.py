@@ -142,7 +142,7 @@ def _read_json(path: Path) -> dict:
 
 def _copy(root: Path, source: str, destination: str) -> None:
     """Copy root/source over root/destination atomically (a reader never sees half a file)."""
-    from fasterrcnn_edu.checkpoint import atomic_write
+    from fasterrcnn_edu.fileio import atomic_write
     src = root / source
     if not src.is_file():
         raise ReproduceError(f"{source}: missing, so it cannot be copied to {destination}")
