@@ -111,7 +111,7 @@ def config_of(state: dict, path: str | Path) -> Config:
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: config is missing or not a dict of fields")
     names = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(k for k in saved if k not in names)
+    unknown = sorted((k for k in saved if k not in names), key=repr)    # repr: keys may mix int and str
     if unknown:
         raise CheckpointError(f"{path}: config field(s) {unknown} unknown to this version of fasterrcnn_edu "
                               "(written by a newer or different version)")

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_model
+from fasterrcnn_edu.fileio import state_dict_differences
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 from fasterrcnn_edu.transforms import hflip, hflip_boxes
@@ -435,24 +436,33 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
 
     start_stage, start_step, log, elapsed, optimizer_state, replayed = 0, 0, [], 0.0, None, []
     if resume is not None:
-        saved = _resumable_state(resume, mode, cfg)
+        # Every field is checked here, before any work: a bad one is a CheckpointError, not a
+        # traceback hours later (a `log` that is no list used to fail only when the run was over).
+        saved = resumable_state(resume, mode, cfg, nets, classes, world_size, device)
         start_stage, start_step = saved["stage_index"], saved["stage_step"]
         # Redo the freezing/re-initialising of the stages the interrupted run had started, then
         # restore its weights (which overwrite any re-initialised head).
         replayed = [make(nets, cfg) for make in STEPS[mode][: start_stage + (1 if start_step > 0 else 0)]]
         for name, weights in saved["networks"].items():
             nets[name].load_state_dict(weights)
+        if start_step > 0:
+            check_mid_stage(saved, replayed[start_stage], cfg, resume)
         optimizer_state = saved["optimizer"]
-        generator.set_state(saved["generator"])
+        set_rng_state(saved_rng_states(saved)[rank], generator, device)
         log, elapsed = list(saved["log"]), float(saved["seconds"])
 
     steps_before = sum(stage.schedule.iterations for stage in replayed[:start_stage])
     for stage_index in range(start_stage, len(STEPS[mode])):
         mid_stage = resume is not None and stage_index == start_stage and start_step > 0
-        stage = STEPS[mode][stage_index](nets, cfg)
+        # The stage a resumed run continues was built by the replay, before its weights were restored;
+        # building it again would re-initialise its head (steps 3 and 4) over the restored weights.
+        stage = replayed[stage_index] if mid_stage else STEPS[mode][stage_index](nets, cfg)
         first = start_step if stage_index == start_stage else 0
 
         def write_checkpoint(next_step, optimizer, stage_log, seconds, stage_index=stage_index, stage=stage):
+            # Every rank's RNG state, gathered on every rank (a collective), so that each continues
+            # its own random stream on --resume; rank 0 alone writes the file.
+            states = rng_states(generator, device, world_size)
             if out is None:
                 return
             # Where a resumed run continues: the next step, or the start of the next stage.
@@ -461,14 +471,14 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
                              "stage_step": 0 if done else next_step,
                              "networks": {k: v.state_dict() for k, v in nets.items()},
                              "optimizer": None if optimizer is None else optimizer.state_dict(),
-                             "generator": generator.get_state(), "log": stage_log, "seconds": seconds,
+                             "rng": states, "world_size": world_size, "log": stage_log, "seconds": seconds,
                              "config": cfg.to_dict(), "classes": classes}, out / "checkpoint.pt")
 
         remaining = None if stop_after is None else stop_after - steps_before
         state = StageState(stage_index, first, optimizer_state if mid_stage else None, log, elapsed)
         log, stopped = run_stage(stage, dataset, cfg, device, state=state, amp=amp, log_every=log_every,
                                  progress=progress, rank=rank, world_size=world_size,
-                                 checkpoint=write_checkpoint if out is not None else None,
+                                 checkpoint=write_checkpoint if out is not None or world_size > 1 else None,
                                  checkpoint_every=checkpoint_every,
                                  stop_after=None if remaining is None else max(1, remaining))
         elapsed = log[-1]["seconds"] if log else elapsed
@@ -492,16 +502,145 @@ def config_differences(saved: dict, cfg: Config) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in current if saved.get(k) != current[k]]
 
 
-def _resumable_state(path: str | Path, mode: str, cfg: Config) -> dict:
-    """The checkpoint at `path`, refused (CheckpointError) unless it continues this mode and configuration."""
+def resumable_state(path: str | Path, mode: str, cfg: Config, nets: dict[str, nn.Module],
+                    classes: list[str], world_size: int = 1, device: torch.device | str = "cpu") -> dict:
+    """The training checkpoint at `path`, every field checked against this run; CheckpointError
+    (naming the file and the field) unless it continues this mode, configuration, networks,
+    classes and number of processes. The optimizer, which needs its stage built, is checked by
+    `check_mid_stage`."""
     state = load_checkpoint(path, expect="training")
-    if state["mode"] != mode:
-        raise CheckpointError(f"{path} was written by mode {state['mode']!r}, not {mode!r}")
-    differences = config_differences(state.get("config", {}), cfg)
+
+    def refuse(problem: str):
+        raise CheckpointError(f"{path}: {problem}")
+
+    if state.get("mode") != mode:
+        raise CheckpointError(f"{path} was written by mode {state.get('mode')!r:.60}, not {mode!r}")
+    saved_config = state.get("config")
+    if not isinstance(saved_config, dict) or not all(isinstance(k, str) for k in saved_config):
+        refuse(f"config must be a dict of field name -> value, got {_short(saved_config)}")
+    differences = config_differences(saved_config, cfg)
     if differences:
         raise CheckpointError(f"{path} was written with another configuration; differing fields: "
                               + "; ".join(differences) + ". Resume with the original options.")
+    if classes and state.get("classes") != list(classes):
+        refuse(f"classes {_short(state.get('classes'))} are not the data set's {_short(list(classes))}")
+    stages = len(STEPS[mode])
+    index, step = state.get("stage_index"), state.get("stage_step")
+    if not _is_count(index) or index > stages:
+        refuse(f"stage_index must be an integer in 0..{stages} (the {mode} mode has {stages} stages), "
+               f"got {_short(index)}")
+    if not _is_count(step) or (index == stages and step != 0):
+        refuse(f"stage_step must be an integer >= 0 (0 once every stage is done), got {_short(step)}")
+    saved_nets = state.get("networks")
+    if not isinstance(saved_nets, dict) or set(saved_nets) != set(nets):
+        names = sorted(map(str, saved_nets)) if isinstance(saved_nets, dict) else _short(saved_nets)
+        refuse(f"networks must hold the state dicts {sorted(nets)} of a {mode} run, got {names}")
+    for name, weights in saved_nets.items():
+        problems = (state_dict_differences(nets[name].state_dict(), weights) if isinstance(weights, dict)
+                    else [f"a {type(weights).__name__}, not a state dict"])
+        if problems:
+            refuse(f"networks[{name!r}] does not fit this run's network: " + "; ".join(problems[:4]))
+    _check_rng_states(state, world_size, torch.device(device), refuse)
+    log = state.get("log")
+    if not isinstance(log, list) or not all(
+            isinstance(r, dict) and all(isinstance(k, str) and isinstance(v, (int, float, str, type(None)))
+                                        for k, v in r.items()) for r in log):
+        refuse(f"log must be a list of records (dicts of name -> number or text), got {_short(log)}")
+    seconds = state.get("seconds")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < float("inf"):
+        refuse(f"seconds must be a number >= 0, got {_short(seconds)}")
     return state
+
+
+def check_mid_stage(state: dict, stage: Stage, cfg: Config, path: str | Path) -> None:
+    """CheckpointError unless a run stopped mid-way through `stage` can go on from `state`: its
+    stage_step lies inside the stage, and its optimizer is an SGD state dict that fits the stage's
+    parameters (the groups, their sizes, each momentum buffer's shape and finite values)."""
+    def refuse(problem: str):
+        raise CheckpointError(f"{path}: {problem}")
+
+    if state["stage_step"] >= stage.schedule.iterations:
+        refuse(f"stage_step {state['stage_step']} is past the end of stage {stage.name} "
+               f"({stage.schedule.iterations} iterations)")
+    saved = state.get("optimizer")
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+            or not isinstance(saved.get("param_groups"), list):
+        refuse(f"optimizer must be the SGD state of stage {stage.name} (the run stopped mid-stage), got {_short(saved)}")
+    scratch = torch.optim.SGD(parameter_groups(stage.params, cfg), lr=stage.schedule.lr, momentum=cfg.momentum)
+    try:
+        scratch.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        refuse(f"the optimizer state does not fit stage {stage.name}: {str(exc).splitlines()[0][:200]}")
+    params = {p for group in scratch.param_groups for p in group["params"]}
+    for key, entry in scratch.state.items():
+        buffer = entry.get("momentum_buffer") if isinstance(entry, dict) else None
+        if key not in params or (buffer is not None and (not isinstance(buffer, Tensor) or buffer.shape != key.shape
+                                                         or not torch.isfinite(buffer).all())):
+            refuse(f"the optimizer state does not fit stage {stage.name}: a momentum buffer of another shape, "
+                   "with NaN/inf, or for no parameter of the stage")
+
+
+def rng_states(generator: torch.Generator, device: torch.device, world_size: int = 1) -> list[dict]:
+    """Every rank's random state, in rank order: the sampling generator's, torch's global one (dropout)
+    and, on CUDA, the device's. With several processes this is a collective: every rank must call it."""
+    state = {"sampling": generator.get_state(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    if world_size == 1:
+        return [state]
+    import torch.distributed as dist
+    states: list = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def saved_rng_states(state: dict) -> list[dict]:
+    """The per-rank RNG states of a checkpoint; files from before they were saved per rank hold one
+    "generator" (rank 0's sampling state)."""
+    if "rng" in state:
+        return state["rng"]
+    return [{"sampling": state.get("generator")}]
+
+
+def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    """Continue this rank's random streams from `state` (one entry of `rng_states`)."""
+    generator.set_state(state["sampling"])
+    if state.get("torch") is not None:
+        torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_rng_states(state: dict, world_size: int, device: torch.device, refuse: Callable[[str], None]) -> None:
+    """Refuse RNG states that this run (of `world_size` processes) cannot continue from."""
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        refuse(f"written by a run of {_short(saved_world)} process(es), resumed with {world_size}: the batches "
+               f"are split per process, so resume it with torchrun --nproc_per_node {_short(saved_world)}")
+    states = saved_rng_states(state)
+    if not isinstance(states, list) or len(states) != world_size:
+        refuse(f"rng must hold one random state per process ({world_size}), got {_short(states)}")
+    for rank, entry in enumerate(states):
+        if not isinstance(entry, dict):
+            refuse(f"rng[{rank}] must be a dict of random states, got {_short(entry)}")
+        # Tried on scratch generators, of the formats restored: nothing global changes here.
+        tries = [("sampling", torch.Generator(device))]
+        tries += [("torch", torch.Generator())] if entry.get("torch") is not None else []
+        if entry.get("cuda") is not None and torch.cuda.is_available():
+            tries.append(("cuda", torch.Generator("cuda")))
+        for key, scratch in tries:
+            try:
+                scratch.set_state(entry.get(key))
+            except (TypeError, RuntimeError, ValueError):
+                refuse(f"rng[{rank}][{key!r}] is not a random-generator state, got {_short(entry.get(key))}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
