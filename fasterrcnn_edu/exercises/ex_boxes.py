@@ -150,8 +150,16 @@ def compare_grid(case: Case, expected: Tensor, got) -> str | None:
     k = len(base)
     a, position = row % k, row // k
     y, x = divmod(position, width)
-    return (f"row {row} should be anchor {a} at feature position (y={y}, x={x}), shifted by ({x * stride:g}, "
+    text = (f"row {row} should be anchor {a} at feature position (y={y}, x={x}), shifted by ({x * stride:g}, "
             f"{y * stride:g}) pixels: {fmt(expected[row])}; yours is {fmt(got[row])}")
+    shift = got[row] - base[a]
+    if x != y and torch.allclose(shift, torch.tensor([y, x, y, x], dtype=shift.dtype) * stride, atol=1e-3):
+        return text + ". x and y are swapped: x (the column) moves x1 and x2, y (the row) moves y1 and y2"
+    anchor_major = expected.reshape(-1, k, 4).transpose(0, 1).reshape(-1, 4)
+    if torch.allclose(got, anchor_major, atol=1e-3):
+        return text + (". Your rows run over the positions for anchor 0 first: keep the k anchors of one position "
+                       "together (row (y·W + x)·k + a)")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,6 +137,14 @@ def compare_proposals(case: Case, expected: tuple[Tensor, Tensor], got) -> str |
     if problem:
         return f"scores: {problem}"
     exp_boxes, exp_scores = expected
+    nms_thresh = case.args[6]
+    if got_boxes.dim() == 2 and got_boxes.shape[-1] == 4 and len(got_boxes) > 1:
+        overlap = box_iou(got_boxes.float(), got_boxes.float()).triu(diagonal=1)
+        if (overlap > nms_thresh).any():
+            i, j = (int(v) for v in (overlap > nms_thresh).nonzero()[0])
+            return (f"your proposals {i} {fmt(got_boxes[i])} and {j} {fmt(got_boxes[j])} overlap with IoU "
+                    f"{overlap[i, j].item():.3f} > nms_thresh {nms_thresh}: NMS should have removed the lower-scored one "
+                    f"(the package's steps: {_step_counts(case)})")
     if len(got_boxes) != len(exp_boxes) or len(got_scores) != len(exp_boxes):
         return (f"expected {len(exp_boxes)} proposals, yours has {len(got_boxes)} boxes and {len(got_scores)} scores "
                 f"(the package's steps: {_step_counts(case)})")
