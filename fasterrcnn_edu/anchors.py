@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor
 
+from fasterrcnn_edu.pieces import piece
+
 
 def base_anchors(base_size: float = 16, ratios=(0.5, 1.0, 2.0), scales=(8, 16, 32),
                  legacy: bool = False) -> Tensor:
@@ -93,6 +95,7 @@ class AnchorGenerator:
     def __init__(self, base_size: float = 16, ratios=(0.5, 1.0, 2.0), scales=(8, 16, 32),
                  stride: int = 16, legacy: bool = False):
         self.base = base_anchors(base_size, ratios, scales, legacy)
+        self.settings = (base_size, tuple(ratios), tuple(scales), legacy)
         self.stride = stride
         self._cache: dict[tuple, Tensor] = {}
 
@@ -108,7 +111,10 @@ class AnchorGenerator:
 
     def __call__(self, feature_size: tuple[int, int], device: torch.device) -> Tensor:
         """All anchors of an H×W feature map: (H * W * k, 4) float32 on `device`."""
-        key = (int(feature_size[0]), int(feature_size[1]), str(device))
+        base_fn, grid_fn = piece("base_anchors", base_anchors), piece("grid_anchors", grid_anchors)
+        # The pieces in force are part of the key: a replaced piece never reads the package's cached grid.
+        key = (int(feature_size[0]), int(feature_size[1]), str(device), base_fn, grid_fn)
         if key not in self._cache:
-            self._cache[key] = grid_anchors(self.base.to(device), key[:2], self.stride)
+            base = self.base if base_fn is base_anchors else base_fn(*self.settings)
+            self._cache[key] = grid_fn(base.to(device), key[:2], self.stride)
         return self._cache[key]

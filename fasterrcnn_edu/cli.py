@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "fasterrcnn_edu.lab.bench",             # bench
     "fasterrcnn_edu.lab.side_by_side",      # side-by-side
     "fasterrcnn_edu.lab.error_report",      # errors
+    "fasterrcnn_edu.lab.capstone",          # capstone
     "fasterrcnn_edu.lab.reproduce",         # reproduce
 )
 

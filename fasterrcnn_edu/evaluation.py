@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from fasterrcnn_edu.boxes import as_boxes, box_iou
+from fasterrcnn_edu.pieces import piece
 
 __all__ = [
     "VOCResult",
@@ -239,7 +240,7 @@ def evaluate_voc(detections: Sequence[dict], targets: Sequence[dict], num_classe
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         rec = tp / n if n > 0 else np.full_like(tp, np.nan)
         prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        ap[key] = voc_ap(rec, prec, use_07_metric) if n > 0 else float("nan")
+        ap[key] = piece("average_precision", voc_ap)(rec, prec, use_07_metric) if n > 0 else float("nan")
         precision[key], recall[key], npos[key], labels[key] = prec, rec, n, c
 
     valid = [v for v in ap.values() if not math.isnan(v)]

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fasterrcnn_edu.boxes import box_iou, check_boxes
+from fasterrcnn_edu.pieces import piece
 
 POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
 
@@ -96,7 +97,7 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_siz
     # than masking the (B, G, A) IoU matrix for it afterwards.
     gt_boxes = gt_boxes * gt_valid[:, :, None]
     # Ground truth is the outer dimension: the reductions then run over long contiguous anchor rows.
-    iou = box_iou(gt_boxes, anchors.expand(batch, -1, -1))                  # (B, G, A)
+    iou = piece("iou", box_iou)(gt_boxes, anchors.expand(batch, -1, -1))    # (B, G, A)
     inside = inside_image(anchors, image_sizes) if image_sizes is not None else None
     if inside is not None:
         # -1: an anchor we may not train on is nobody's match, not even a negative one (masked in

@@ -20,6 +20,7 @@ import torchvision
 from torch import Tensor
 
 from fasterrcnn_edu.boxes import box_iou, check_boxes
+from fasterrcnn_edu.pieces import piece
 
 
 def check_nms_inputs(boxes: Tensor, scores: Tensor, where: str, categories: Tensor | None = None) -> None:
@@ -40,7 +41,7 @@ def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[t
     remaining = torch.sort(scores, descending=True, stable=True).indices
     while remaining.numel() > 0:
         best, rest = remaining[0], remaining[1:]
-        overlaps = box_iou(boxes[best][None], boxes[rest])[0]
+        overlaps = piece("iou", box_iou)(boxes[best][None], boxes[rest])[0]
         # Compare in float64, as torchvision's kernel compares its float IoU with a double threshold:
         # in float32, a threshold such as 0.3 would round to the IoU 0.3f and stop suppressing it.
         suppress = overlaps.double() > iou_threshold
@@ -95,7 +96,7 @@ def nms_top(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int, 
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, categories: Tensor, iou_threshold: float,
-                nms_fn: Callable[[Tensor, Tensor, float], Tensor] = nms) -> Tensor:
+                nms_fn: Callable[[Tensor, Tensor, float], Tensor] | None = None) -> Tensor:
     """NMS within each category only. boxes: (N, 4), scores: (N,), categories: (N,) int -> kept (K,).
 
     The result is sorted by descending score with a stable sort. (torchvision's own `batched_nms`
@@ -103,6 +104,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, categories: Tensor, iou_threshold
     arithmetic of IoU, so we always run the plain per-category loop — a loop over classes, not boxes.)
     """
     check_nms_inputs(boxes, scores, "batched_nms", categories)
+    nms_fn = nms_fn if nms_fn is not None else piece("nms", nms)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for category in torch.unique(categories):
         members = torch.nonzero(categories == category).flatten()

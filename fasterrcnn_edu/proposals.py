@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fasterrcnn_edu.boxes import check_boxes, clip_boxes, decode, small_box_mask
 from fasterrcnn_edu.nms import nms
+from fasterrcnn_edu.pieces import piece
 
 
 def objectness_scores(objectness: Tensor) -> Tensor:
@@ -42,7 +43,7 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     check_boxes(anchors, "anchors", ndim=2, where="generate_proposals")
     check_boxes(deltas, "deltas", ndim=3, where="generate_proposals")
     scores = objectness_scores(objectness)                                   # (B, A)
-    boxes = clip_boxes(decode(anchors[None], deltas), image_sizes)            # (B, A, 4)
+    boxes = clip_boxes(piece("decode", decode)(anchors[None], deltas), image_sizes)   # (B, A, 4)
     min_size = torch.as_tensor(min_size, dtype=boxes.dtype, device=boxes.device).reshape(-1, 1)
     # Small boxes are dropped by giving them a score below any real one, keeping shapes fixed.
     scores = torch.where(small_box_mask(boxes, min_size), scores, torch.full_like(scores, -1.0))
@@ -57,7 +58,7 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     for image_boxes, image_scores in zip(top_boxes, top_scores):             # a loop over images
         valid = image_scores >= 0
         image_boxes, image_scores = image_boxes[valid], image_scores[valid]
-        keep = nms(image_boxes, image_scores, nms_thresh, max_kept=post_nms_top_n)
+        keep = piece("nms", nms)(image_boxes, image_scores, nms_thresh, max_kept=post_nms_top_n)
         proposals.append(image_boxes[keep])
         proposal_scores.append(image_scores[keep])
     return proposals, proposal_scores
@@ -85,7 +86,7 @@ def proposal_steps(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_si
     check_boxes(deltas, "deltas", ndim=2, where="proposal_steps")
     scores = objectness_scores(objectness[None])[0]                          # (A,)
     index = torch.arange(anchors.shape[0], device=anchors.device)
-    decoded = decode(anchors, deltas)
+    decoded = piece("decode", decode)(anchors, deltas)
     yield ProposalStep("decoded", index, decoded)
     boxes = clip_boxes(decoded, image_size)
     yield ProposalStep("clipped", index, boxes)
@@ -94,7 +95,7 @@ def proposal_steps(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_si
     # The same stable sort as generate_proposals: equal scores keep anchor order.
     index = index[torch.sort(scores[index], descending=True, stable=True).indices][:pre_nms_top_n]
     yield ProposalStep("top-N before NMS", index, boxes[index])
-    index = index[nms(boxes[index], scores[index], nms_thresh)]
+    index = index[piece("nms", nms)(boxes[index], scores[index], nms_thresh)]
     yield ProposalStep("NMS", index, boxes[index])
     index = index[:post_nms_top_n]
     yield ProposalStep("top-N after NMS", index, boxes[index])

@@ -17,6 +17,7 @@ from fasterrcnn_edu.boxes import box_iou, check_boxes, clip_boxes, decode, encod
 from fasterrcnn_edu.labeling import gather_matched, pad_flags, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.losses import fast_rcnn_losses
 from fasterrcnn_edu.nms import batched_nms
+from fasterrcnn_edu.pieces import piece
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def sample_rois(proposals: list[Tensor], gt_boxes: Tensor, gt_labels: Tensor, gt
         boxes[i, : len(c)] = c
         valid[i, : len(c)] = True
 
-    iou = box_iou(boxes, gt_boxes)                                            # (B, N, G)
+    iou = piece("iou", box_iou)(boxes, gt_boxes)                              # (B, N, G)
     near_ignored = None
     if gt_ignore is not None:
         near_ignored = iou.masked_fill(~gt_ignore[:, None, :], -1.0).amax(dim=2) >= bg_iou_high
@@ -151,7 +152,7 @@ def sample_rois(proposals: list[Tensor], gt_boxes: Tensor, gt_labels: Tensor, gt
     matched = matched.gather(1, slot_index)
     labels = torch.where(slot_fg, gt_labels.gather(1, matched), torch.zeros_like(matched))
     labels = torch.where(slot_used, labels, torch.full_like(labels, -1))
-    target_deltas = encode(rois, gather_matched(gt_boxes, matched), box_std)
+    target_deltas = piece("encode", encode)(rois, gather_matched(gt_boxes, matched), box_std)
     target_deltas = torch.where(slot_fg[..., None], target_deltas, torch.zeros_like(target_deltas))
     return rois, labels, target_deltas
 
@@ -197,7 +198,7 @@ class RoIHeads(nn.Module):
     def classify(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Pool every box of every image and run the head: -> logits (ΣR_b, K+1), deltas (ΣR_b, K, 4)."""
         rois = rois_with_batch_index(boxes)
-        pooled = pool_rois(features, rois, self.cfg.roi_output_size, self.spatial_scale, self.cfg.roi_pool)
+        pooled = piece("roi_pool", pool_rois)(features, rois, self.cfg.roi_output_size, self.spatial_scale, self.cfg.roi_pool)
         return self.predictor(self.box_head(pooled))
 
     def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: Tensor,
@@ -214,7 +215,7 @@ class RoIHeads(nn.Module):
         gt_labels = torch.zeros(gt_valid.shape, dtype=torch.int64, device=features.device)
         gt_labels[gt_valid] = torch.cat([t["labels"] for t in targets]).to(features.device)
         gt_ignore = pad_flags([t.get("ignore") for t in targets], gt_valid)
-        rois, labels, target_deltas = sample_rois(
+        rois, labels, target_deltas = piece("sample_rois", sample_rois)(
             [p.detach() for p in proposals], gt_boxes, gt_labels, gt_valid, cfg.roi_batch_size,
             cfg.roi_positive_fraction, cfg.roi_fg_iou, cfg.roi_bg_iou_low, cfg.roi_bg_iou_high,
             cfg.box_coder_std, self.generator, gt_ignore)
@@ -227,7 +228,7 @@ class RoIHeads(nn.Module):
         """Class-specific boxes → score threshold → per-class NMS (0.3) → top 100, per image."""
         cfg = self.cfg
         probs = F.softmax(logits.float(), dim=-1)[:, 1:]                            # (R, K)
-        boxes = decode(torch.cat(proposals)[:, None, :], deltas, cfg.box_coder_std)   # (R, K, 4)
+        boxes = piece("decode", decode)(torch.cat(proposals)[:, None, :], deltas, cfg.box_coder_std)   # (R, K, 4)
         num_classes = probs.shape[1]
         results = []
         for image_probs, image_boxes, size in zip(probs.split([len(p) for p in proposals]),
@@ -249,4 +250,4 @@ class RoIHeads(nn.Module):
         logits, deltas: from `classify(features, proposals)`. `postprocess` starts from the same boxes.
         """
         probs = F.softmax(logits.float(), dim=-1)
-        return probs, decode(torch.cat(proposals)[:, None, :], deltas, self.cfg.box_coder_std)
+        return probs, piece("decode", decode)(torch.cat(proposals)[:, None, :], deltas, self.cfg.box_coder_std)

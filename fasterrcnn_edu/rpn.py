@@ -16,6 +16,7 @@ from fasterrcnn_edu.boxes import encode
 from fasterrcnn_edu.labeling import (NEGATIVE, POSITIVE, gather_matched, label_anchors, pad_flags, pad_ground_truth,
                                      sample_balanced)
 from fasterrcnn_edu.losses import rpn_losses
+from fasterrcnn_edu.pieces import piece
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.transforms import ImageBatch
 
@@ -79,7 +80,7 @@ class RegionProposalNetwork(nn.Module):
                          else (cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test))
             pre = pre if pre_nms_top_n is None else pre_nms_top_n
             post = post if post_nms_top_n is None else post_nms_top_n
-            proposals, _ = generate_proposals(anchors, objectness.detach(), deltas.detach(), batch.image_sizes,
+            proposals, _ = piece("proposals", generate_proposals)(anchors, objectness.detach(), deltas.detach(), batch.image_sizes,
                                               pre, post, cfg.rpn_nms_thresh, cfg.rpn_min_size * batch.scales)
         losses = {}
         if targets is not None:
@@ -92,11 +93,12 @@ class RegionProposalNetwork(nn.Module):
         gt_boxes, gt_valid = pad_ground_truth([t["boxes"] for t in targets], anchors.device)
         gt_ignore = pad_flags([t.get("ignore") for t in targets], gt_valid)
         sizes = batch.image_sizes if cfg.rpn_ignore_cross_boundary else None
-        labels = label_anchors(anchors, gt_boxes, gt_valid, sizes, cfg.rpn_fg_iou, cfg.rpn_bg_iou, gt_ignore)
-        sampled_pos, sampled_neg = sample_balanced(labels.labels == POSITIVE, labels.labels == NEGATIVE,
-                                                   cfg.rpn_batch_size, cfg.rpn_positive_fraction, self.generator)
-        target_deltas = encode(anchors[None], gather_matched(gt_boxes, labels.matched_gt))
+        labels = piece("label_anchors", label_anchors)(anchors, gt_boxes, gt_valid, sizes, cfg.rpn_fg_iou, cfg.rpn_bg_iou, gt_ignore)
+        sampled_pos, sampled_neg = piece("sample_anchors", sample_balanced)(
+            labels.labels == POSITIVE, labels.labels == NEGATIVE, cfg.rpn_batch_size, cfg.rpn_positive_fraction,
+            self.generator)
+        target_deltas = piece("encode", encode)(anchors[None], gather_matched(gt_boxes, labels.matched_gt))
         # Only positives have a box to regress to; elsewhere the "match" may be padding.
         target_deltas = torch.where(sampled_pos[..., None], target_deltas, torch.zeros_like(target_deltas))
-        return rpn_losses(objectness, deltas, target_deltas, sampled_pos, sampled_neg, num_locations,
+        return piece("rpn_loss", rpn_losses)(objectness, deltas, target_deltas, sampled_pos, sampled_neg, num_locations,
                           cfg.rpn_lambda, cfg.rpn_reg_normalization, cfg.rpn_smooth_l1_beta)

@@ -477,6 +477,18 @@ TARGETS: tuple[Target, ...] = (
            headline=("data/experiments/errors.json:map", "data/experiments/errors.json:delta_ap/localisation",
                      "data/experiments/errors.json:delta_ap/missed"),
            recorded_seconds=35, recorded_source="one run of the command (into a scratch folder) on the 2-core CPU, 1 thread"),
+    Target("capstone", "the build-your-own chapter: a short training with the package's pieces (3 seeds) and "
+                       "with each deliberately broken piece",
+           (cli("capstone", "--seeds", "0", "1", "2", "--threads", "1", "--out", "data/experiments/capstone.json",
+                env=PASSIVE),),
+           inputs=(DATASET, BACKBONE), outputs=("data/experiments/capstone.json",), depends=("backbone",),
+           seeds=(0, 1, 2), threads=1,
+           headline=("data/experiments/capstone.json:package_summary/mean",
+                     "data/experiments/capstone.json:broken/iou_without_union/voc07_map",
+                     "data/experiments/capstone.json:broken/decode_wrong_centre/voc07_map",
+                     "data/experiments/capstone.json:broken/nms_never_suppresses/voc07_map",
+                     "data/experiments/capstone.json:broken/loss_without_n_reg/voc07_map"),
+           recorded_seconds=1260, recorded_source="an estimate: 7 runs of about 3 minutes on the 2-core CPU"),
     Target("spread", "how much the headline numbers move: seeds, and the same seed repeated",
            tuple(cli(*argv, env=PASSIVE) for argv in SPREAD_REPEATS.values())
            + (Step(run=assemble_spread, describe=f"assemble {SPREAD} from the repeats, {SIDE_BY_SIDE} and "
