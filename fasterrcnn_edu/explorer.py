@@ -89,8 +89,6 @@ class Dropdown:
                                 style={"description_width": "initial"})
 
 
-Control = Slider | Dropdown
-
 
 def _figure_of(result) -> Figure:
     """The figure a draw function drew: the Figure or Axes it returned, else pyplot's current figure."""
@@ -128,7 +126,7 @@ _SCRIPT = """(function () {
 class Explorer:
     """A drawing function and its controls; see the module docstring. Use `explorer(...)` to make one."""
 
-    def __init__(self, draw: Callable[..., Any], controls: Mapping[str, Control], fmt: str = "jpeg",
+    def __init__(self, draw: Callable[..., Any], controls: Mapping[str, Slider | Dropdown], fmt: str = "jpeg",
                  dpi: float | None = None):
         if not controls:
             raise ValueError("explorer: give at least one control, e.g. score=Slider('score', [0.3, 0.5], 0.5)")
@@ -217,7 +215,7 @@ class Explorer:
         return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
 
 
-def explorer(draw: Callable[..., Any], fmt: str = "jpeg", dpi: float | None = None, **controls: Control) -> Explorer:
+def explorer(draw: Callable[..., Any], fmt: str = "jpeg", dpi: float | None = None, **controls: Slider | Dropdown) -> Explorer:
     """An explorer of `draw(**values)` over `controls` (each a `Slider` or `Dropdown`, named by the
     keyword argument that `draw` takes). `draw` returns the Figure (or an Axes of it) it drew, or
     leaves it as pyplot's current figure. Displayed, it is live in a kernel and precomputed in the book."""

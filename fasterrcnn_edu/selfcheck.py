@@ -83,7 +83,8 @@ def _check_html(check: Numeric | Choice, index: int) -> str:
                 f'data-tolerance="{float(check.tolerance)!r}" style="margin:0.3em 0">'
                 f'<label>{label} <input type="text" inputmode="decimal" size="10" aria-label="{label}"></label>'
                 f'{button}{verdict}</div>')
-    options = "".join(f'<label style="margin-right:1em"><input type="radio" name="fre-check-{index}-{uuid.uuid4().hex[:6]}" '
+    name = f"fre-check-{index}-{uuid.uuid4().hex[:8]}"        # one name per check: its options exclude each other
+    options = "".join(f'<label style="margin-right:1em"><input type="radio" name="{name}" '
                       f'value="{k}"> {html.escape(str(o))}</label>' for k, o in enumerate(check.options))
     return (f'<div class="fre-check" data-kind="choice" data-answer="{list(check.options).index(check.answer)}" '
             f'style="margin:0.3em 0"><span>{label}</span><br>{options}{button}{verdict}</div>')

