@@ -12,5 +12,14 @@ from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 from fasterrcnn_edu.checkpoint import load_model, save_model
 from fasterrcnn_edu.training import train
 
+import sys as _sys
+
+if "ipykernel" in _sys.modules:
+    # In a Jupyter kernel, every figure a notebook displays records its smallest font size and dpi in
+    # the image (`legibility`), so that the book's browser test can check it is legible as displayed.
+    from fasterrcnn_edu import legibility as _legibility
+
+    _legibility.install()
+
 __all__ = ["Config", "StageSchedule", "get_config", "FasterRCNN", "UnsharedFasterRCNN",
            "load_model", "save_model", "train"]

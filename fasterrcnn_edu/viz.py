@@ -28,7 +28,7 @@ from fasterrcnn_edu.anchors import feature_map_size
 from fasterrcnn_edu.boxes import as_boxes
 
 __all__ = [
-    "class_color", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
+    "class_color", "panels", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
     "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_anchor_matches", "plot_proposals", "score_colorbar",
     "plot_nms_steps", "mark_cross_class_duplicates",
     "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
@@ -40,6 +40,9 @@ GT_STYLE_COLOR = "white"      # draw_ground_truth: every ground-truth box, dashe
 POSITIVE_COLOR = "tab:green"
 NEGATIVE_COLOR = "tab:red"
 SUPPRESSED_COLOR = "0.55"
+# The smallest text of any figure (pt). A figure at most 8 inches wide (`panels`) is shown in the
+# book's ~700-px column at >= 700 / (8 * 72) px per pt, so 8 pt is >= 9 CSS px there.
+SMALL_PT = 8.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,6 +122,24 @@ def _fit_view(ax: Axes, boxes: np.ndarray, image_size: tuple[int, int] | None, p
     ax.set_aspect("equal")
 
 
+def panels(n: int, ncols: int = 2, panel: tuple[float, float] = (3.9, 3.3), **subplots_kw) -> tuple[Figure, np.ndarray]:
+    """A figure of `n` panels, at most `ncols` per row, each `panel` (width, height) inches; returns
+    (figure, the n Axes as a flat array). Unused cells of the last row are removed.
+
+    The book's text column is about 700 CSS pixels, so a figure wider than about 8 inches is shrunk
+    and its text with it: two panels of 3.9 inches per row keep text of `SMALL_PT` at least 9 pixels
+    high (tests/test_book_browser.py measures it).
+    """
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained",
+                             squeeze=False, **subplots_kw)
+    flat = axes.ravel()
+    for ax in flat[n:]:
+        ax.remove()
+    return fig, flat[:n]
+
+
 # ----------------------------------------------------------------------------------------------
 # Images and boxes
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +160,7 @@ def show_image(image, ax: Axes | None = None) -> Axes:
 
 def draw_boxes(ax: Axes, boxes, labels=None, scores=None, class_names: Sequence[str] | None = None,
                color=None, linewidth: float = 1.5, linestyle: str = "-", alpha: float = 1.0,
-               fontsize: float = 7.0) -> Axes:
+               fontsize: float = SMALL_PT) -> Axes:
     """Draw boxes (N, 4) x1,y1,x2,y2 as unfilled rectangles (adds exactly N Rectangle patches).
 
     labels: optional (N,) ints -> colour per class and a name tag; scores: optional (N,) ->
@@ -202,7 +223,7 @@ def plot_detections(image, detections: Mapping, class_names: Sequence[str] | Non
                labels=_np(detections["labels"]).reshape(-1)[keep], scores=scores[keep],
                class_names=class_names, linewidth=2.0)
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     return ax
 
 
@@ -225,7 +246,7 @@ def mark_cross_class_duplicates(ax: Axes, detections: Mapping, class_names: Sequ
         x1, y1, x2, y2 = boxes[j].tolist()
         ax.annotate(f"{_class_name(labels[j], class_names)} {scores[j]:.2f} survives:\nIoU {value:.2f} with "
                     f"{_class_name(labels[i], class_names)} {scores[i]:.2f},\nanother class",
-                    xy=(x2, y2), xytext=(12, -6), textcoords="offset points", fontsize=7, va="top",
+                    xy=(x2, y2), xytext=(12, -6), textcoords="offset points", fontsize=SMALL_PT, va="top",
                     color="black", bbox=dict(facecolor="white", edgecolor="0.4", alpha=0.9, pad=2.0),
                     arrowprops=dict(arrowstyle="->", color="black", lw=1.0))
     return pairs
@@ -273,7 +294,7 @@ def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | 
         ax.scatter(c[:, 0], c[:, 1], s=12, c="k", marker="o", zorder=3)
     if names is not None:
         ax.legend(handles=[Line2D([], [], color=class_color(i), label=n) for i, n in enumerate(names)],
-                  fontsize=7, loc="upper right")
+                  fontsize=SMALL_PT, loc="upper right")
     _fit_view(ax, anchors, image_size)
     return ax
 
@@ -333,7 +354,7 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
                        Line2D([], [], color=NEGATIVE_COLOR, lw=0.6,
                               label=f"negative ({len(negatives)} of {n_neg})"),
                        Line2D([], [], color="0.35", lw=1.3, ls="--", label="ground truth")],
-              fontsize=7, loc="upper right")
+              fontsize=SMALL_PT, loc="upper right")
     return ax
 
 
@@ -374,11 +395,11 @@ def plot_anchor_matches(image, anchors, iou, gt_boxes, names: Sequence[str] | No
         while any(abs(x1 - x) < 0.14 * width and abs(y1 - y) < 0.045 * height for x, y in placed):
             y1 += 0.05 * height
         placed.append((x1, y1))
-        ax.text(x1, y1, f"{name} {iou[g, a]:.2f}", fontsize=7, color="white", va="top", ha="left", clip_on=True,
+        ax.text(x1, y1, f"{name} {iou[g, a]:.2f}", fontsize=SMALL_PT, color="white", va="top", ha="left", clip_on=True,
                 bbox=dict(facecolor=class_color(g), edgecolor="none", alpha=0.85, pad=1.0))
     handles += [Line2D([], [], color="0.2", lw=2, label="best anchor: object, IoU"),
                 Line2D([], [], color="0.5", lw=1.3, ls="--", label="ground truth")]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=SMALL_PT, loc="lower right")
     return ax
 
 
@@ -437,21 +458,21 @@ def plot_nms_steps(boxes, scores, keep, ax: Axes | None = None, image=None,
     suppressed = np.setdiff1d(np.arange(len(boxes)), keep)
     for i in suppressed:
         draw_boxes(ax, boxes[i][None], color=SUPPRESSED_COLOR, linestyle="--", linewidth=1.0)
-        ax.text(boxes[i, 2] - 0.5, boxes[i, 3] - 0.5, f"s={scores[i]:.2f}", fontsize=7, color="0.35",
+        ax.text(boxes[i, 2] - 0.5, boxes[i, 3] - 0.5, f"s={scores[i]:.2f}", fontsize=SMALL_PT, color="0.35",
                 ha="right", va="bottom")
     for rank, i in enumerate(keep):
         draw_boxes(ax, boxes[i][None], color=class_color(rank), linewidth=2.0)
-        ax.text(boxes[i, 0], boxes[i, 1], f"#{rank + 1} s={scores[i]:.2f}", fontsize=7, color="white",
+        ax.text(boxes[i, 0], boxes[i, 1], f"#{rank + 1} s={scores[i]:.2f}", fontsize=SMALL_PT, color="white",
                 va="bottom", bbox=dict(facecolor=class_color(rank), edgecolor="none", pad=1.0))
     if show_index:
         for i, (x1, _, _, y2) in enumerate(boxes):
-            ax.text(x1, y2 + 0.5, f"box {i}", fontsize=6.5, color="black", ha="left", va="top",
+            ax.text(x1, y2 + 0.5, f"box {i}", fontsize=SMALL_PT, color="black", ha="left", va="top",
                     bbox=dict(facecolor="white", edgecolor="0.6", pad=0.8, linewidth=0.5))
     if image is None:
         _fit_view(ax, boxes, image_size)
     ax.legend(handles=[Line2D([], [], color="k", lw=2, label=f"kept ({len(keep)})"),
                        Line2D([], [], color=SUPPRESSED_COLOR, ls="--",
-                              label=f"suppressed ({len(suppressed)})")], fontsize=7, loc="best")
+                              label=f"suppressed ({len(suppressed)})")], fontsize=SMALL_PT, loc="best")
     return ax
 
 
@@ -550,7 +571,7 @@ def plot_pr_curves(result, ax: Axes | None = None, max_classes: int | None = Non
     ax.set_ylabel("precision")
     metric = "VOC07" if getattr(result, "use_07_metric", True) else "VOC10+"
     ax.set_title(f"mAP = {100 * result.map:.1f} ({metric})")
-    ax.legend(fontsize=7, ncol=2 if len(keys) > 10 else 1, loc="lower left")
+    ax.legend(fontsize=SMALL_PT, ncol=2 if len(keys) > 10 else 1, loc="lower left")
     ax.grid(alpha=0.3)
     return ax
 
@@ -646,7 +667,7 @@ def plot_loss_curves(log, keys: Sequence[str] | None = None, ax: Axes | None = N
         for c in change:
             ax.axvline(steps[c], color="0.5", linestyle=":", linewidth=1.0)
             ax.text(steps[c], 0.98, f" {stages[c]}", transform=ax.get_xaxis_transform(),
-                    fontsize=7, va="top", color="0.3")
+                    fontsize=SMALL_PT, va="top", color="0.3")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -756,8 +777,8 @@ def _node(ax: Axes, x: float, y: float, title: str, detail: str, kind: str, widt
 
     ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.03,rounding_size=0.08",
                                 facecolor=_STAGE_COLORS[kind], edgecolor="0.3", linewidth=1.0))
-    ax.text(x, y + height * 0.17, title, ha="center", va="center", fontsize=8.5, fontweight="bold")
-    ax.text(x, y - height * 0.2, detail, ha="center", va="center", fontsize=7.5, family="monospace")
+    ax.text(x, y + height * 0.17, title, ha="center", va="center", fontsize=9, fontweight="bold")
+    ax.text(x, y - height * 0.2, detail, ha="center", va="center", fontsize=SMALL_PT, family="monospace")
     return x - width / 2, x + width / 2, y - height / 2, y + height / 2
 
 
@@ -765,59 +786,63 @@ def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], text:
     ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.1,
                                                           shrinkA=0, shrinkB=0, connectionstyle=connection))
     if text:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.08, text, ha="center", va="bottom", fontsize=7,
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.08, text, ha="center", va="bottom", fontsize=SMALL_PT,
                 color="0.25")
 
 
 def plot_network(model, image_size: tuple[int, int], ax: Axes | None = None, title: str | None = None,
                  shapes: Mapping | None = None) -> Axes:
-    """The whole Faster R-CNN as a block diagram, every tensor shape computed by running `model`.
+    """The whole Faster R-CNN as a block diagram, top to bottom, every tensor shape computed by running `model`.
 
     backbone → shared feature map → RPN (3×3 conv, cls and reg 1×1 convs) → proposals (decode, clip,
     NMS) → RoI pooling on the same feature map → fully connected head → class scores and
     class-specific boxes → detections (per-class NMS). Shapes leave out the batch dimension;
     R is the number of proposals of this image, D of detections. `shapes`: a precomputed
-    `network_shapes(model, image_size)`.
+    `network_shapes(model, image_size)`. Drawn in two columns (shared path and detector left, RPN
+    right), so that it stays legible in a narrow text column.
     """
     s = dict(shapes) if shapes is not None else network_shapes(model, image_size)
-    ax = _axes(ax, figsize=(16, 4.2))
+    ax = _axes(ax, figsize=(4, 8.6))
     k, stride, classes = s["k"], s["stride"], s["num_classes"]
-    w = 1.75
-    xs = [1.0 + 2.05 * i for i in range(8)]
-    main, upper = 0.0, 1.55
+    w, step = 2.1, 1.3                         # node width; vertical distance between rows
+    main, side = 0.0, 2.45                     # the columns' centres
+    ys = [-step * i for i in range(8)]
     nodes = {
-        "image": _node(ax, xs[0], main, "image", f"{_shape(s['resized'])}\n(input {_shape(s['input'][1:])})", "input", w),
-        "backbone": _node(ax, xs[1], main, f"conv layers ({s['backbone']})", f"stride {stride}", "shared", w),
-        "features": _node(ax, xs[2], main, "shared feature map", _shape(s["features"]), "shared", w),
-        "rpn": _node(ax, xs[3], upper, "RPN: 3×3 conv + ReLU", _shape(s["rpn_hidden"]), "rpn", w),
-        "clsreg": _node(ax, xs[4], upper, "cls / reg: 1×1 convs", f"{_shape(s['rpn_cls'])}\n{_shape(s['rpn_reg'])}",
+        "image": _node(ax, main, ys[0], "image", f"{_shape(s['resized'])}\n(input {_shape(s['input'][1:])})", "input", w),
+        "backbone": _node(ax, main, ys[1], f"conv layers ({s['backbone']})", f"stride {stride}", "shared", w),
+        "features": _node(ax, main, ys[2], "shared feature map", _shape(s["features"]), "shared", w),
+        "rpn": _node(ax, side, ys[3], "RPN: 3×3 conv + ReLU", _shape(s["rpn_hidden"]), "rpn", w),
+        "clsreg": _node(ax, side, ys[4], "cls / reg: 1×1 convs", f"{_shape(s['rpn_cls'])}\n{_shape(s['rpn_reg'])}",
                         "rpn", w),
-        "proposals": _node(ax, xs[5], upper, "proposals", f"{_shape(s['proposals'])} of {s['anchors']}\nanchors: decode, NMS",
+        "proposals": _node(ax, side, ys[5], "proposals", f"{_shape(s['proposals'])} of {s['anchors']}\nanchors: decode, NMS",
                            "rpn", w),
-        "pool": _node(ax, xs[5], main, "RoI pooling", _shape(s["pooled"]), "detector", w),
-        "head": _node(ax, xs[6], main, "fc layers", _shape(s["head"]), "detector", w),
-        "predict": _node(ax, xs[7], main, "cls_score / bbox_pred", f"{_shape(s['scores'])}\n{_shape(s['deltas'])}",
+        "pool": _node(ax, main, ys[5], "RoI pooling", _shape(s["pooled"]), "detector", w),
+        "head": _node(ax, main, ys[6], "fc layers", _shape(s["head"]), "detector", w),
+        "predict": _node(ax, main, ys[7], "cls_score / bbox_pred", f"{_shape(s['scores'])}\n{_shape(s['deltas'])}",
                          "detector", w),
     }
-    det = _node(ax, xs[7], upper, "detections", f"{_shape(s['detections'])} boxes\n+ classes, scores", "output", w)
-    right = lambda n: (nodes[n][1], (nodes[n][2] + nodes[n][3]) / 2)  # noqa: E731
-    left = lambda n: (nodes[n][0], (nodes[n][2] + nodes[n][3]) / 2)   # noqa: E731
-    _arrow(ax, right("image"), left("backbone"))
-    _arrow(ax, right("backbone"), left("features"))
-    _arrow(ax, (xs[2], nodes["features"][3]), left("rpn"), connection="angle,angleA=90,angleB=180,rad=0")
-    _arrow(ax, right("rpn"), left("clsreg"))
-    _arrow(ax, right("clsreg"), left("proposals"))
-    _arrow(ax, right("features"), left("pool"), "the same features")
-    _arrow(ax, (xs[5], nodes["proposals"][2]), (xs[5], nodes["pool"][3]))
-    _arrow(ax, right("pool"), left("head"))
-    _arrow(ax, right("head"), left("predict"))
-    _arrow(ax, (xs[7], nodes["predict"][3]), (xs[7], det[2]), "")
-    ax.text(xs[7] + 0.12, (nodes["predict"][3] + det[2]) / 2, "per-class\nNMS", fontsize=7, color="0.25", va="center")
+    det = _node(ax, side, ys[7], "detections", f"{_shape(s['detections'])} boxes\n+ classes, scores", "output", w)
+    bottom = lambda n: ((nodes[n][0] + nodes[n][1]) / 2, nodes[n][2])  # noqa: E731
+    top = lambda n: ((nodes[n][0] + nodes[n][1]) / 2, nodes[n][3])     # noqa: E731
+    middle = lambda n: (nodes[n][2] + nodes[n][3]) / 2                # noqa: E731
+    _arrow(ax, bottom("image"), top("backbone"))
+    _arrow(ax, bottom("backbone"), top("features"))
+    _arrow(ax, (nodes["features"][1], middle("features")), top("rpn"), connection="angle,angleA=0,angleB=90,rad=0")
+    _arrow(ax, bottom("rpn"), top("clsreg"))
+    _arrow(ax, bottom("clsreg"), top("proposals"))
+    _arrow(ax, bottom("features"), top("pool"))
+    ax.text(main - 0.1, (nodes["features"][2] + nodes["pool"][3]) / 2, "the same\nfeatures", ha="right", va="center",
+            fontsize=SMALL_PT, color="0.25")
+    _arrow(ax, (nodes["proposals"][0], middle("proposals")), (nodes["pool"][1], middle("pool")))
+    _arrow(ax, bottom("pool"), top("head"))
+    _arrow(ax, bottom("head"), top("predict"))
+    _arrow(ax, (nodes["predict"][1], middle("predict")), (det[0], middle("predict")))
+    ax.text(side, det[2] - 0.08, "after per-class NMS", fontsize=SMALL_PT, color="0.25", ha="center", va="top")
     handles = [Rectangle((0, 0), 1, 1, facecolor=_STAGE_COLORS[kind], edgecolor="0.3") for kind in ("shared", "rpn", "detector")]
-    ax.legend(handles, ["shared conv layers", f"Region Proposal Network (k = {k})", f"Fast R-CNN detector (K + 1 = {classes})"],
-              loc="upper left", fontsize=7.5, frameon=False, ncol=1, bbox_to_anchor=(0.0, 1.0))
-    ax.set_xlim(0, xs[-1] + 1.0)
-    ax.set_ylim(main - 0.7, upper + 0.7)
+    ax.legend(handles, ["shared conv layers", f"Region Proposal\nNetwork (k = {k})", f"Fast R-CNN detector\n(K + 1 = {classes})"],
+              loc="upper right", fontsize=SMALL_PT, frameon=False, ncol=1, bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlim(main - w / 2 - 0.9, side + w / 2 + 0.1)
+    ax.set_ylim(ys[-1] - 0.9, ys[0] + 0.7)
     ax.set_aspect("equal")
     ax.axis("off")
     if title:
@@ -842,7 +867,7 @@ def plot_rpn_head(model, image_size: tuple[int, int] | None = None, ax: Axes | N
         cls_map, reg_map = head.cls(hidden), head.reg(hidden)
     k, per_anchor = head.num_anchors, head.scores_per_anchor
     count = lambda layer: sum(p.numel() for p in layer.parameters())  # noqa: E731
-    ax = _axes(ax, figsize=(12, 4.2))
+    ax = _axes(ax, figsize=(7.8, 2.9))
     # the feature map as a slab with one 3×3 window
     ax.add_patch(Rectangle((0.2, 0.6), 2.4, 2.4, facecolor=_STAGE_COLORS["shared"], edgecolor="0.3"))
     for i in range(1, 8):
@@ -850,7 +875,7 @@ def plot_rpn_head(model, image_size: tuple[int, int] | None = None, ax: Axes | N
         ax.plot([0.2, 2.6], [0.6 + i * 0.3, 0.6 + i * 0.3], color="0.75", lw=0.5)
     ax.add_patch(Rectangle((1.1, 1.5), 0.9, 0.9, facecolor="none", edgecolor="tab:red", lw=2))
     ax.text(1.4, 0.35, f"feature map\n{_shape(features.shape[1:])}", ha="center", va="top", fontsize=8, family="monospace")
-    ax.text(1.55, 2.5, "3×3 window", color="tab:red", fontsize=7.5, ha="center", va="bottom")
+    ax.text(1.55, 2.5, "3×3 window", color="tab:red", fontsize=SMALL_PT, ha="center", va="bottom")
     conv = _node(ax, 4.6, 1.8, "3×3 conv + ReLU",
                  f"{head.conv.in_channels} → {head.conv.out_channels} ch.\n{_shape(hidden.shape[1:])}\n{count(head.conv):,} weights",
                  "rpn", 2.3, 1.3)
@@ -866,9 +891,9 @@ def plot_rpn_head(model, image_size: tuple[int, int] | None = None, ax: Axes | N
     score_words = "2 scores (not object, object)" if per_anchor == 2 else "1 objectness logit"
     cls_channels = "channels 2a, 2a+1" if per_anchor == 2 else "channel a"
     ax.text(9.45, 2.75, f"{cls_channels} → anchor a:\n{score_words}\nat each of the {h}×{w} positions",
-            fontsize=7.5, va="center")
+            fontsize=SMALL_PT, va="center")
     ax.text(9.45, 0.85, "channels 4a … 4a+3 → anchor a:\n$t_x, t_y, t_w, t_h$ (Eq. 2)\n"
-            f"k = {k} anchors per position", fontsize=7.5, va="center")
+            f"k = {k} anchors per position", fontsize=SMALL_PT, va="center")
     ax.set_xlim(0, 12.2)
     ax.set_ylim(-0.3, 3.6)
     ax.set_aspect("equal")

@@ -10,9 +10,23 @@ part of the build (`sphinx-mathjax-offline` copies it to `_static/mathjax`), so 
 For every page: the browser title is the page's own title; every formula was typeset by MathJax
 (no raw `\(`, `\[`, `$$` or stray `$` left in the visible text, no MathJax error); every image in
 the article has loaded (`naturalWidth > 0`); no cell output is an error (a traceback, or an
-exception printed to stderr); and a full-page screenshot is saved to
+exception printed to stderr); no output is an empty widget area (no ipywidgets view or state is
+left in the page, no output without text or image); and a full-page screenshot is saved to
 `_build/screenshots/<page>.png` for a person to look at. Chapter pages (`book/NN_*`) must also
 show at least one figure.
+
+`test_figures_legible` reads, for every figure of every page (explorer frames included), the smallest
+font size (pt) and dpi that `fasterrcnn_edu.legibility` wrote into the image, and the image's natural
+and displayed widths in a 1280-px window: the smallest text, as displayed, must be at least
+`MIN_TEXT_PX` CSS pixels. It writes every measure to `_build/screenshots/font_sizes.json`.
+
+`test_explorer_offline` moves every control of every kernel-free explorer (`fasterrcnn_edu.explorer`)
+with the keyboard or a selection, and checks that the figure changed; it saves each explorer in its
+first and its moved state to `_build/screenshots/explorer_<page>_<n>_{a,b}.png`.
+`test_answer_checks` types the right answer into every answer check (`fasterrcnn_edu.selfcheck`) and
+expects "Right", then a wrong one and expects "Not yet"; the solutions must still be in dropdowns.
+`test_code_links` checks that every name a chapter imports from the package links to the API
+reference wherever it appears in a code cell (sphinx-codeautolink).
 
 `test_anchor_explorer_in_jupyterlab` follows the path a reader takes with a live kernel: it starts
 JupyterLab on 127.0.0.1 (a random free port, a random token) on a copy of chapter 2's notebook
@@ -24,6 +38,8 @@ Skipped, with the reason, only when Debian's `chromium` is not installed (`.ci/r
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import http.server
 import json
@@ -36,6 +52,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -141,10 +158,16 @@ _IMAGES_JS = """async () => {
 _ERRORS_JS = """() => {
     const article = document.querySelector("article.bd-article") || document.body;
     const texts = sel => Array.from(article.querySelectorAll(sel)).map(e => e.innerText);
+    const media = "img, svg, canvas, video, table, input, select, mjx-container";
     return {
         errors: texts(".output.error, .output.traceback, .cell_output .error"),
         stderr: texts(".output.stderr"),
         outputs: texts(".cell_output"),
+        // an output with neither text nor an image is a blank gap (what an unrendered widget leaves)
+        empty: Array.from(article.querySelectorAll(".cell_output > *"))
+            .filter(e => e.innerText.trim() === "" && !e.querySelector(media) && !e.matches(media))
+            .map(e => e.outerHTML.slice(0, 200)),
+        widgets: document.querySelectorAll('script[type^="application/vnd.jupyter.widget"]').length,
     };
 }"""
 
@@ -176,16 +199,28 @@ _MATH_JS = r"""async () => {
 _EXCEPTION = re.compile(r"Traceback \(most recent call last\)|^\s*[A-Z]\w*(Error|Exception): ", re.MULTILINE)
 
 
-@pytest.mark.parametrize("page", toc_pages())
-def test_page_renders(site, browser, page):
+@contextlib.contextmanager
+def offline_tab(browser, site: str, page: str, screenshot: Path | None = None):
+    """A 1280-px tab showing `page`; nothing may leave this machine: every request off 127.0.0.1
+    (a CDN script, say) is aborted at once instead of timing out. A full-page screenshot is saved to
+    `screenshot` at the end, whatever happened."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    # Nothing may leave this machine: CDN scripts are aborted at once instead of timing out.
     context.route(re.compile(r"^(?!http://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
     tab = context.new_page()
     try:
         response = tab.goto(f"{site}/{page}.html", wait_until="load", timeout=60_000)
         assert response is not None and response.ok, f"{page}.html: HTTP {response and response.status}"
+        yield tab
+    finally:
+        if screenshot is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(screenshot), full_page=True)
+        context.close()
 
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_renders(site, browser, page):
+    with offline_tab(browser, site, page, screenshot=SCREENSHOTS / f"{Path(page).name}.png") as tab:
         title = source_title(page)
         assert title in tab.title(), f"browser title {tab.title()!r} does not contain {title!r}"
         assert title in tab.locator("article.bd-article h1").first.inner_text()
@@ -208,10 +243,198 @@ def test_page_renders(site, browser, page):
         assert not bad_stderr, f"{page}: exceptions on stderr: {[t[:300] for t in bad_stderr]}"
         bad_outputs = [t for t in found["outputs"] if _EXCEPTION.search(t)]
         assert not bad_outputs, f"{page}: outputs showing an exception: {[t[:300] for t in bad_outputs]}"
-    finally:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(SCREENSHOTS / f"{Path(page).name}.png"), full_page=True)
-        context.close()
+        assert not found["widgets"], f"{page}: {found['widgets']} ipywidgets views/state left in the page"
+        assert not found["empty"], f"{page}: empty output areas: {found['empty'][:3]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures: the smallest text, as displayed
+# ---------------------------------------------------------------------------------------------
+MIN_TEXT_PX = 9.0
+FONT_REPORT = SCREENSHOTS / "font_sizes.json"
+
+# Runs in the page: every figure (an image in a cell output, or an explorer), with its displayed width;
+# an explorer lists all its frames (they have the size of the one on display).
+_FIGURES_JS = """() => {
+    const article = document.querySelector("article.bd-article") || document.body;
+    return Array.from(article.querySelectorAll(".cell_output img")).map(img => {
+        const explorer = img.closest(".fre-explorer");
+        const sources = explorer ? JSON.parse(explorer.querySelector("script.fre-explorer-data").textContent).frames
+                                 : [img.src];
+        return {sources: sources, natural: img.naturalWidth, displayed: img.getBoundingClientRect().width,
+                figure: (img.closest("figure") && img.closest("figure").id) || (explorer ? "explorer" : "")};
+    });
+}"""
+
+
+def _image_bytes(source: str) -> bytes:
+    """The bytes of an image URL of the served book: a data: URI, or a file under _build/html."""
+    if source.startswith("data:"):
+        return base64.b64decode(source.split(",", 1)[1])
+    path = urllib.parse.unquote(urllib.parse.urlsplit(source).path).lstrip("/")
+    return (HTML / path).read_bytes()
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_figures_legible(site, browser, page):
+    from fasterrcnn_edu.legibility import read_comment
+
+    with offline_tab(browser, site, page) as tab:
+        tab.evaluate(_IMAGES_JS)                 # every image loaded, so that its widths are known
+        figures = tab.evaluate(_FIGURES_JS)
+    records, problems = [], []
+    for n, figure in enumerate(figures):
+        name = figure["figure"] or f"output image {n}"
+        assert figure["natural"] > 0 and figure["displayed"] > 0, f"{page}: {name} is not displayed"
+        smallest = None
+        for source in figure["sources"]:
+            comment = read_comment(_image_bytes(source))
+            assert comment is not None, (f"{page}: {name} has no font record (it was not displayed through "
+                                         "fasterrcnn_edu.legibility)")
+            if comment["smallest_font_pt"] is not None:
+                px = comment["smallest_font_pt"] * comment["dpi"] / 72 * figure["displayed"] / figure["natural"]
+                smallest = px if smallest is None else min(smallest, px)
+        records.append({"figure": name, "frames": len(figure["sources"]), "natural_px": figure["natural"],
+                        "displayed_px": round(figure["displayed"], 1),
+                        "smallest_text_px": None if smallest is None else round(smallest, 2)})
+        if smallest is not None and smallest < MIN_TEXT_PX:
+            problems.append(f"{name}: {smallest:.1f} px")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    old = json.loads(FONT_REPORT.read_text()) if FONT_REPORT.exists() else {}
+    old[page] = records
+    FONT_REPORT.write_text(json.dumps(old, indent=1))
+    assert not problems, f"{page}: smallest text below {MIN_TEXT_PX} CSS px as displayed: {problems}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel-free explorers and answer checks
+# ---------------------------------------------------------------------------------------------
+EXPLORER_PAGES = {"book/00_introduction": 1, "book/01_anchors": 1, "book/02_labeling": 1,
+                  "book/04_proposals_nms": 1, "book/05_roi_pooling": 1}
+
+_FRAME_JS = """el => { const img = el.querySelector("img.fre-explorer-frame");
+                      return {src: img.getAttribute("src"), width: img.naturalWidth,
+                              readouts: Array.from(el.querySelectorAll("output")).map(o => o.textContent)}; }"""
+
+
+@pytest.mark.parametrize("page", sorted(EXPLORER_PAGES))
+def test_explorer_offline(site, browser, page):
+    with offline_tab(browser, site, page) as tab:
+        explorers = tab.locator(".fre-explorer")
+        assert explorers.count() == EXPLORER_PAGES[page], f"{page}: {explorers.count()} explorers"
+        for n in range(explorers.count()):
+            explorer = explorers.nth(n)
+            explorer.scroll_into_view_if_needed()
+            shot = SCREENSHOTS / f"explorer_{Path(page).name}_{n}"
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            explorer.screenshot(path=f"{shot}_a.png")
+            controls = explorer.locator("[data-control]")
+            assert controls.count() > 0, f"{page}: explorer {n} has no controls"
+            for k in range(controls.count()):
+                control = controls.nth(k)
+                before = explorer.evaluate(_FRAME_JS)
+                if control.evaluate("c => c.tagName") == "SELECT":
+                    options = control.locator("option")
+                    current = int(control.input_value())
+                    control.select_option(index=(current + 1) % options.count())
+                else:                             # a range input: move it with the keyboard, like a reader
+                    control.focus()
+                    at_end = control.evaluate("c => c.value === c.max")
+                    tab.keyboard.press("Home" if at_end else "End")
+                after = explorer.evaluate(_FRAME_JS)
+                label = control.get_attribute("aria-label")
+                assert after["src"] != before["src"], f"{page}: moving {label!r} did not change the figure"
+                assert after["width"] > 0, f"{page}: after moving {label!r} the figure did not load"
+                if control.evaluate("c => c.type") == "range":
+                    assert after["readouts"] != before["readouts"], f"{page}: the readout of {label!r} did not change"
+            explorer.screenshot(path=f"{shot}_b.png")
+
+
+_CHECKS_JS = """() => Array.from(document.querySelectorAll(".fre-check")).map(c => ({
+    kind: c.dataset.kind, answer: c.dataset.answer, tolerance: c.dataset.tolerance,
+    options: c.querySelectorAll("input[type=radio]").length, label: c.innerText.slice(0, 80)}))"""
+
+
+def _answer_check_pages() -> list[str]:
+    return [page for page in toc_pages() if is_chapter(page)]
+
+
+@pytest.mark.parametrize("page", _answer_check_pages())
+def test_answer_checks(site, browser, page):
+    with offline_tab(browser, site, page) as tab:
+        checks = tab.evaluate(_CHECKS_JS)
+        if not checks:
+            pytest.skip(f"{page} has no exercise with a numeric or multiple-choice answer")
+        solutions = tab.locator("details, .dropdown").filter(has_text=re.compile(r"Solution \d"))
+        assert solutions.count() > 0, f"{page}: the solutions are no longer in dropdowns"
+        for n, check in enumerate(checks):
+            box = tab.locator(".fre-check").nth(n)
+            verdict = box.locator(".fre-check-verdict")
+            if check["kind"] == "numeric":
+                right = float(check["answer"])
+                wrong = right + 10 * float(check["tolerance"]) + 1
+                attempts = [(f"{right:.4f}".rstrip("0").rstrip("."), "fre-check-right"), (f"{wrong:g}", "fre-check-wrong")]
+                for text, expected in attempts:
+                    box.locator("input").fill(text)
+                    box.locator("button").click()
+                    assert expected in verdict.get_attribute("class"), f"{page}: {check['label']!r}: {text} -> {verdict.inner_text()}"
+            else:
+                right = int(check["answer"])
+                wrong = (right + 1) % check["options"]
+                for index, expected in ((wrong, "fre-check-wrong"), (right, "fre-check-right")):
+                    box.locator("input[type=radio]").nth(index).check()
+                    box.locator("button").click()
+                    assert expected in verdict.get_attribute("class"), f"{page}: {check['label']!r}: option {index}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Code cells link to the API reference
+# ---------------------------------------------------------------------------------------------
+# `from fasterrcnn_edu[.mod] import a, b as c` on one line, or `import (a, b,\n c)` in parentheses
+_IMPORT = re.compile(r"^[ \t]*from[ \t]+fasterrcnn_edu(?:\.[\w.]+)?[ \t]+import[ \t]+(?:\(([^)]*)\)|([^\n#]*))", re.MULTILINE)
+
+_LINKS_JS = """names => {
+    const article = document.querySelector("article.bd-article") || document.body;
+    const unlinked = {}, linked = {};
+    article.querySelectorAll(".cell_input pre span.n, .cell_input pre span.nn").forEach(span => {
+        const name = span.textContent;
+        if (!names.includes(name)) return;
+        const a = span.closest("a");
+        const good = a && /api\\.html#(module-)?fasterrcnn_edu\\./.test(a.getAttribute("href") || "");
+        const bucket = good ? linked : unlinked;
+        bucket[name] = (bucket[name] || 0) + 1;
+    });
+    return {linked: linked, unlinked: unlinked};
+}"""
+
+
+def imported_names(page: str) -> list[str]:
+    """Every name a notebook imports from the package (`from fasterrcnn_edu[.mod] import a, b`)."""
+    path = ROOT / f"{page}.ipynb"
+    if not path.exists():
+        return []
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    names = set()
+    for parenthesised, plain in _IMPORT.findall(code):
+        for item in (parenthesised or plain).replace("\n", ",").split(","):
+            words = item.split("#")[0].split()
+            if words:
+                names.add(words[-1])          # `a as b` binds b
+    return sorted(names)
+
+
+@pytest.mark.parametrize("page", [p for p in toc_pages() if (ROOT / f"{p}.ipynb").exists()])
+def test_code_links(site, browser, page):
+    names = imported_names(page)
+    if not names:
+        pytest.skip(f"{page} imports nothing from the package")
+    with offline_tab(browser, site, page) as tab:
+        found = tab.evaluate(_LINKS_JS, names)
+    if not found["linked"] and not found["unlinked"]:
+        pytest.skip(f"{page} shows no code cell that uses the package (its code cells are hidden)")
+    assert not found["unlinked"], (f"{page}: package names in code cells without a link to the API reference "
+                                   f"(name: occurrences): {found['unlinked']}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,6 +129,6 @@ def plot_samples(ds: DetectionDataset, indices=None, ncols: int = 4):
             ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
                                    linewidth=1.2, linestyle="--" if difficult else "-"))
             name = ds.classes[label - 1] + (" (trunc.)" if truncated else "")
-            ax.text(x1 - 0.5, y1 - 1.5, name, color="black", fontsize=6,
+            ax.text(x1 - 0.5, y1 - 1.5, name, color="black", fontsize=8,
                     bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})
     return fig

@@ -148,7 +148,8 @@ def plot_training_stages(rows: list[dict], ax=None, title: str | None = None):
     keys = [k for k in rows[0]["parts"]]
     keys = [k for k in keys if any(r["parts"][k]["used"] for r in rows)]
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.55 * len(keys) + 1.6, 0.75 * len(rows) + 1.1))
+        # at most ~8 inches wide, so that 8-pt text stays >= 9 CSS px in the book's column
+        _, ax = plt.subplots(figsize=(min(1.3 * len(keys) + 1.3, 8.0), 0.75 * len(rows) + 1.1))
     colours = {"train": "#8fd18f", "frozen": "#9cc3e6", "unused": "white"}
     for i, row in enumerate(rows):
         for j, key in enumerate(keys):
@@ -440,6 +441,7 @@ def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1
 # default 32², 64², 128² are scales 2, 4, 8 of the 16-pixel base, the paper's 128², 256², 512² at
 # s = 600 divided by 4. `anchors_at_scale` converts them for a model that resizes the images (the
 # reference model works at 512 pixels: the same anchors relative to the objects). Ratios are h / w.
+#: The anchor settings of the anchor experiment: name -> ``anchor_scales`` and ``anchor_ratios``.
 ANCHOR_SETTINGS = {
     "1 scale (32²), 1 ratio": {"anchor_scales": (2,), "anchor_ratios": (1.0,)},
     "1 scale (64²), 1 ratio": {"anchor_scales": (4,), "anchor_ratios": (1.0,)},

@@ -305,6 +305,7 @@ def run_benchmarks(device: str = "cpu", repeats: int = 5, presets=("book", "pape
 
 
 def format_table(result: dict) -> str:
+    """A benchmark result (as written by this module) as a plain-text table, its environment first."""
     env = result["environment"]
     lines = [f"device {env['device']}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}, torch {env['torch']}, "
              f"torchvision {env['torchvision']}, {env['threads']} threads, {env['date']}",

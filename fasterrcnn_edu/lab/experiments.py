@@ -210,7 +210,7 @@ def plot_regression_losses(betas: Sequence[float] = (1.0, 1.0 / 9.0), limit: flo
     from fasterrcnn_edu.viz import class_color
 
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.3), layout="constrained")
     fig = axes[0].figure
     x = torch.linspace(-limit, limit, 601)
     for i, (name, (loss, grad)) in enumerate(regression_loss_curves(x, betas).items()):

@@ -292,7 +292,7 @@ def plot_stage_times(profiles: Mapping[str, Mapping[str, float]], ax=None, unit:
     ax.invert_yaxis()
     ax.set_xlabel("fraction of the time" if normalize else f"time per image ({unit})")
     ax.set_xlim(0, 1.0 if normalize else (left.max() * 1.15 if len(left) else 1))
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
@@ -321,7 +321,7 @@ def plot_scaling(rows: Sequence[Mapping], x: str, ax=None, stages: Sequence[str]
     ax.set_xlim(xs.min(), xs.max())
     ax.set_ylim(0, None)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left")
     if title:
         ax.set_title(title, fontsize=10)
     return ax
