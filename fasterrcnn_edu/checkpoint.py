@@ -22,24 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fasterrcnn_edu.config import STAGE_FIELDS, Config
+from fasterrcnn_edu.config import STAGE_FIELDS, TRAINING_ONLY_FIELDS, Config
 from fasterrcnn_edu.fileio import (FORMAT, CheckpointError, atomic_write, file_kind, load_weights,
                                    non_finite_tensors, read_torch_file)
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 
-# Config fields that only steer training. A model file written before one of them existed still
-# loads (the field takes its default, which cannot change detections); any other missing field is
-# refused, since a default there (e.g. min_size) would silently change the detector.
-TRAINING_ONLY_FIELDS = frozenset({
-    "backbone_weights", "frozen_layers", "rpn_fg_iou", "rpn_bg_iou", "rpn_batch_size", "rpn_positive_fraction",
-    "rpn_ignore_cross_boundary", "rpn_lambda", "rpn_reg_normalization", "rpn_smooth_l1_beta",
-    "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "roi_batch_size", "roi_positive_fraction",
-    "roi_fg_iou", "roi_bg_iou_low", "roi_bg_iou_high", "det_lambda", "det_smooth_l1_beta", "images_per_batch",
-    "det_images_per_batch", "momentum", "weight_decay", "bias_lr_mult", "bias_weight_decay", "warmup_iterations",
-    "flip", "difficult", "channels_last", "stage_rpn1", "stage_det1", "stage_rpn2", "stage_det2", "joint",
-    "alt_reinit_heads", "alt_precomputed_proposals", "alt_proposal_pre_nms_top_n", "alt_proposal_post_nms_top_n",
-    "seed",
-})
 MODEL_KINDS = ("shared", "unshared")
 TRAINING_MODES = ("alternating", "joint", "unshared")
 

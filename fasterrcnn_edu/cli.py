@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     status 1; Ctrl-C is status 130.
     """
     from fasterrcnn_edu.checkpoint import CheckpointError
+    from fasterrcnn_edu.commands import PeerStoppedError
     from fasterrcnn_edu.config import ConfigError
     from fasterrcnn_edu.data.errors import DataError
     from fasterrcnn_edu.options import UsageError, check_arguments
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, NonFiniteLossError, OSError) as exc:
+    except (DataError, CheckpointError, NonFiniteLossError, PeerStoppedError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

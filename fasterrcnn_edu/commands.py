@@ -40,6 +40,14 @@ def shipped(relative: str) -> Path:
 DEFAULT_MODEL = shipped("data/reference_model.pt")
 DEFAULT_DATA = shipped("data/shapes")
 RUN_FILES = ("model.pt", "checkpoint.pt")    # what makes a folder "another run's" for train --out
+# Every file `train` writes into --out, and what it is: checked before training (rank 0 writes them
+# at the end, when a folder in the way would cost the whole run).
+RUN_OUTPUTS = {"model.pt": "model", "checkpoint.pt": "checkpoints", "log.csv": "loss log",
+               "log.jsonl": "loss log", "losses.png": "loss plot"}
+
+
+class PeerStoppedError(RuntimeError):
+    """Another process of a data-parallel run stopped (its own error says why), so this one stops too."""
 
 
 def save_figure(ax, path: Path) -> None:
@@ -209,7 +217,15 @@ def _type_words(hint) -> str:
 # train
 # ---------------------------------------------------------------------------------------------
 def check_new_run(out: Path, resume: Path | None, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds another run, unless resuming it or told to overwrite."""
+    """Refuse to train into a folder where a run's file would be a folder (found before training, not when
+    rank 0 writes it at the end), or that holds another run, unless resuming it or told to overwrite."""
+    for name, what in RUN_OUTPUTS.items():
+        path = out / name
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            raise UsageError(f"--out {out}: {name} is {'a folder' if path.is_dir() else 'not a regular file'}, "
+                             f"where the run writes its {what}; remove it or choose another --out")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UsageError(f"--out {out}: {name} is not writable, and the run writes its {what} there")
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and resume is None and not overwrite:
         raise UsageError(f"--out {out} already holds another run ({', '.join(existing)}); continue it with "
@@ -276,6 +292,11 @@ def distributed_run(device: torch.device):
     if world_size <= 1:
         yield device, 0, 1
         return
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={world_size} is set, but not {', '.join(missing)}: data-parallel training is "
+                         f"started by torchrun, which sets them all (torchrun --nproc_per_node {world_size} -m "
+                         "fasterrcnn_edu train ...); unset WORLD_SIZE to train in one process")
     import torch.distributed as dist
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -283,11 +304,35 @@ def distributed_run(device: torch.device):
                              "CUDA device(s); use --nproc_per_node at most that")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        yield device, dist.get_rank(), dist.get_world_size()
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"cannot join the data-parallel run (MASTER_ADDR {os.environ['MASTER_ADDR']}, MASTER_PORT "
+                         f"{os.environ['MASTER_PORT']}, RANK {os.environ['RANK']}): {str(exc).splitlines()[0][:200]}"
+                         ) from None
+    rank = dist.get_rank()
+    try:
+        yield device, rank, dist.get_world_size()
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        # The other process already printed why it stopped; a collective of ours then fails with a
+        # transport error ("Connection closed by peer"), which says nothing to the user.
+        raise PeerStoppedError(f"data-parallel process {rank}: lost the connection to another process of the run, "
+                               "which stopped first (its own error says why); stopping too") from None
     finally:
         dist.destroy_process_group()
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """True for the errors a collective raises when another process of the group has gone: torch's
+    DistError family, and the plain RuntimeError that gloo's and NCCL's transports raise."""
+    import torch.distributed as dist
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return type(exc) is RuntimeError and any(word in text for word in ("gloo", "NCCL", "Connection closed by peer",
+                                                                        "Connection reset by peer"))
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -14,6 +14,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 # The Config fields that hold a StageSchedule, in training order.
 STAGE_FIELDS = ("stage_rpn1", "stage_det1", "stage_rpn2", "stage_det2", "joint")
@@ -29,105 +30,238 @@ class StageSchedule:
     lr_step: int
 
 
+# ---------------------------------------------------------------------------------------------
+# Field metadata: each field's range, unit, source and meaning, in one place
+# ---------------------------------------------------------------------------------------------
+class Rule(typing.NamedTuple):
+    """What a value must be: `test(value)` is true; `words` says it in a message ("in [0, 1]"), and
+    `why(value)`, when given, the reason an out-of-range value is refused (e.g. the memory it needs)."""
+
+    test: Callable[[Any], bool]
+    words: str
+    why: Callable[[Any], str] | None = None
+
+
+def nbytes(count: float) -> str:
+    """A byte count in words: 12 MB, 1.2 EB, 3e+25 bytes."""
+    for power, unit in ((18, "EB"), (15, "PB"), (12, "TB"), (9, "GB"), (6, "MB"), (3, "kB")):
+        if count >= 10**power:
+            return f"{count / 10**power:.3g} {unit}" if power < 18 or count < 1e21 else f"{count:.2g} bytes"
+    return f"{count:.0f} bytes"
+
+
+def interval(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+             why: Callable[[Any], str] | None = None) -> Rule:
+    """A number between `low` and `high` (None: no upper bound), each end open or closed."""
+    def test(v) -> bool:
+        return (v > low if low_open else v >= low) and (high is None or (v < high if high_open else v <= high))
+    if high is None:
+        words = f"{'>' if low_open else '>='} {low:g}"
+    elif isinstance(low, int) and isinstance(high, int) and not (low_open or high_open):
+        words = f"in {low} .. {high:,}"
+    else:
+        words = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    # The reason is given for values above the upper bound only (a value below it needs no memory).
+    return Rule(test, words, None if why is None else (lambda v: why(v) if high is not None and v > high else ""))
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def positive_numbers(count: int | None, what: str) -> Rule:
+    """A tuple of numbers > 0, of length `count` (None: any non-empty length)."""
+    return Rule(lambda v: (len(v) == count if count else len(v) > 0) and all(x > 0 for x in v), what)
+
+
+def _schedule_ok(s: StageSchedule) -> bool:
+    return (isinstance(s.iterations, int) and not isinstance(s.iterations, bool) and s.iterations > 0
+            and isinstance(s.lr, (int, float)) and not isinstance(s.lr, bool) and math.isfinite(s.lr) and s.lr > 0
+            and isinstance(s.lr_step, int) and not isinstance(s.lr_step, bool) and s.lr_step >= 0)
+
+
+# The ranges the fields share. Sizes have an upper bound: the memory the value would need says why.
+FRACTION = interval(0.0, 1.0)
+NON_NEGATIVE = interval(0)
+WIDEST_FEATURES = 512      # channels of VGG-16's conv5_3, the widest backbone (backbones.py)
+IMAGE_SIDE = interval(1, 10_000, why=lambda v: f"a {v} x {v}-pixel image needs {nbytes(3 * 4 * v * v)} for its "
+                                               "float32 input alone")
+COUNT = interval(1, 2**31 - 1, why=lambda v: "a count beyond 2**31 - 1 overflows 32-bit tensor indices")
+BATCH = interval(1, 256, why=lambda v: f"{v} images are held at once: {nbytes(3 * 4 * 600 * 1000 * v)} for their "
+                                       "float32 inputs alone at the paper's 600 x 1000 scale")
+SCHEDULE = Rule(_schedule_ok, "a StageSchedule with iterations > 0, a finite lr > 0 and lr_step >= 0")
+
+
+def setting(default: Any = dataclasses.MISSING, rule: Rule | None = None, unit: str = "", source: str = "",
+            help: str = "", *, training_only: bool = False, factory: Callable[[], Any] | None = None):
+    """A Config field with its metadata: `rule` (its range; the type is the annotation), `unit`,
+    `source` ("paper §3.3", "released code: ...", "ours"), `help` (what it does), and
+    `training_only` (only steers training: a model file written before the field existed still loads)."""
+    metadata = {"rule": rule, "unit": unit, "source": source, "help": help, "training_only": training_only}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _stage(iterations: int, lr: float, lr_step: int, source: str, help: str):
+    return setting(rule=SCHEDULE, unit="iterations", source=source, help=help, training_only=True,
+                   factory=lambda: StageSchedule(iterations, lr, lr_step))
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every setting of the detector, its training and its evaluation, each field commented with its source.
+    """Every setting of the detector, its training and its evaluation, each field with its source.
 
     Build one with a preset, `Config.paper()` or `Config.book()`, overriding fields by keyword,
     e.g. `Config.book(rpn_lambda=1.0)`. A Config is immutable: `dataclasses.replace(cfg, ...)`
     (or `cfg.replace(...)`) gives a changed copy, so a model's settings never change under it.
-    Fields marked "ours" are deviations from the paper and the released code, each named here.
+    Each field's range, unit, source and meaning are its metadata (`setting`, `field_info`);
+    sources "ours" are deviations from the paper and the released code, each named here.
     """
 
     # --- data and image scale -------------------------------------------------------------
-    num_classes: int = 21                   # K + 1: 20 PASCAL VOC classes + background
-    min_size: int = 600                     # paper §3.3: "re-scale the images such that their shorter side is s = 600"
-    max_size: int = 1000                    # released code: TEST.MAX_SIZE = 1000
-    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet statistics of torchvision's VGG-16
-    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    size_divisible: int = 16                # pad batched images so the stride-16 grid covers them exactly
+    num_classes: int = setting(21, interval(2, 10_000, why=lambda v: f"the predictor would hold 5 x {v} weights per "
+                                                                    f"hidden unit ({nbytes(4 * 5 * v * 4096)} at 4096)"),
+                               "classes", "paper §4", "K + 1: 20 PASCAL VOC classes + the background")
+    min_size: int = setting(600, IMAGE_SIDE, "px", "paper §3.3",
+                            "\"re-scale the images such that their shorter side is s = 600\"")
+    max_size: int = setting(1000, IMAGE_SIDE, "px", "released code: TEST.MAX_SIZE = 1000",
+                            "the longer side after rescaling is at most this")
+    image_mean: tuple[float, ...] = setting((0.485, 0.456, 0.406), Rule(lambda v: len(v) == 3, "3 numbers (R, G, B)"),
+                                            "", "torchvision's VGG-16", "ImageNet mean, subtracted from the input")
+    image_std: tuple[float, ...] = setting((0.229, 0.224, 0.225), positive_numbers(3, "3 numbers > 0 (R, G, B)"),
+                                           "", "torchvision's VGG-16", "ImageNet standard deviation")
+    size_divisible: int = setting(16, interval(1, 1024, why=lambda v: f"every image is padded to at least {v} x {v} "
+                                                                     f"pixels: {nbytes(3 * 4 * v * v)} per image"),
+                                  "px", "ours", "pad batched images so the stride-16 grid covers them exactly")
 
     # --- backbone --------------------------------------------------------------------------
-    backbone: str = "vgg16"                 # paper §4: ZF net and VGG-16; "small" is the book's CPU net
-    backbone_weights: str | None = None     # local ImageNet weights file; nothing is ever downloaded
-    frozen_layers: int = 4                  # released code: VGG-16 conv1_1..conv2_2 stay fixed (fine-tune from conv3_1)
+    backbone: str = setting("vgg16", one_of("vgg16", "zf", "small"), "", "paper §4",
+                            "ZF net and VGG-16; \"small\" is the book's CPU net")
+    backbone_weights: str | None = setting(None, None, "", "ours",
+                                           "local ImageNet weights file; nothing is ever downloaded", training_only=True)
+    frozen_layers: int = setting(4, NON_NEGATIVE, "conv layers", "released code",
+                                 "VGG-16 conv1_1..conv2_2 stay fixed (fine-tune from conv3_1)", training_only=True)
 
     # --- anchors (paper §3.1.1) ------------------------------------------------------------
-    anchor_base_size: int = 16              # paper §3.1.1: the stride of the last shared conv layer
-    anchor_scales: tuple[float, ...] = (8, 16, 32)     # box areas 128², 256², 512² at base size 16
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0) # 1:2, 1:1, 2:1
-    legacy_anchors: bool = False            # True: the released code's "+1 pixel" anchors
+    anchor_base_size: int = setting(16, COUNT, "px", "paper §3.1.1", "the stride of the last shared conv layer")
+    anchor_scales: tuple[float, ...] = setting((8, 16, 32), positive_numbers(None, "a non-empty tuple of numbers > 0"),
+                                               "x base size", "paper §3.1.1", "box areas 128², 256², 512² at base size 16")
+    anchor_ratios: tuple[float, ...] = setting((0.5, 1.0, 2.0), positive_numbers(None, "a non-empty tuple of numbers > 0"),
+                                               "height / width", "paper §3.1.1", "1:2, 1:1, 2:1")
+    legacy_anchors: bool = setting(False, None, "", "released code", "True: the released code's \"+1 pixel\" anchors")
 
     # --- RPN head and its training targets (paper §3.1, §3.1.2) ---------------------------
-    rpn_channels: int = 512                 # paper §3.1: 512-d intermediate layer for VGG (256-d for ZF)
-    rpn_fg_iou: float = 0.7                 # paper §3.1.2: positive if IoU > 0.7 (released code and torchvision: >= 0.7)
-    rpn_bg_iou: float = 0.3                 # paper §3.1.2: negative if IoU < 0.3 for all ground truth
-    rpn_batch_size: int = 256               # paper §3.1.2: 256 anchors per image
-    rpn_positive_fraction: float = 0.5      # paper §3.1.2: up to 1:1 positives : negatives
-    rpn_ignore_cross_boundary: bool = True  # paper §3.3: cross-boundary anchors are ignored in training
-    rpn_cls_loss: str = "softmax"           # paper §3.1: 2k scores with a softmax; "sigmoid": k scores
-    rpn_lambda: float = 10.0                # paper §3.1.2: λ = 10
-    rpn_reg_normalization: str = "locations"  # paper Eq. 1: N_reg = number of anchor locations; "minibatch": N_reg = N_cls
-    rpn_smooth_l1_beta: float = 1.0         # Fast R-CNN's smooth L1 (paper Eq. 1); released code uses 1/9 (sigma = 3)
+    rpn_channels: int = setting(512, interval(1, 4096, why=lambda v: f"the 3x3 RPN conv would hold 9 x {WIDEST_FEATURES} "
+                                                                    f"x {v} weights ({nbytes(4 * 9 * WIDEST_FEATURES * v)})"),
+                                "channels", "paper §3.1", "512-d intermediate layer for VGG (256-d for ZF)")
+    rpn_fg_iou: float = setting(0.7, FRACTION, "IoU", "paper §3.1.2",
+                                "positive if IoU > 0.7 (released code and torchvision: >= 0.7)", training_only=True)
+    rpn_bg_iou: float = setting(0.3, FRACTION, "IoU", "paper §3.1.2", "negative if IoU < 0.3 for all ground truth",
+                                training_only=True)
+    rpn_batch_size: int = setting(256, COUNT, "anchors per image", "paper §3.1.2", "256 anchors per image",
+                                  training_only=True)
+    rpn_positive_fraction: float = setting(0.5, FRACTION, "", "paper §3.1.2", "up to 1:1 positives : negatives",
+                                           training_only=True)
+    rpn_ignore_cross_boundary: bool = setting(True, None, "", "paper §3.3",
+                                              "cross-boundary anchors are ignored in training", training_only=True)
+    rpn_cls_loss: str = setting("softmax", one_of("softmax", "sigmoid"), "", "paper §3.1",
+                                "2k scores with a softmax; \"sigmoid\": k scores")
+    rpn_lambda: float = setting(10.0, NON_NEGATIVE, "", "paper §3.1.2", "λ = 10", training_only=True)
+    rpn_reg_normalization: str = setting("locations", one_of("locations", "minibatch"), "", "paper Eq. 1",
+                                         "N_reg = number of anchor locations; \"minibatch\": N_reg = N_cls",
+                                         training_only=True)
+    rpn_smooth_l1_beta: float = setting(1.0, NON_NEGATIVE, "", "Fast R-CNN",
+                                        "smooth L1 of paper Eq. 1; the released code uses 1/9 (sigma = 3)",
+                                        training_only=True)
 
     # --- proposals (paper §3.3) ------------------------------------------------------------
-    rpn_pre_nms_top_n_train: int = 12000    # released code: TRAIN.RPN_PRE_NMS_TOP_N
-    rpn_pre_nms_top_n_test: int = 6000      # paper §3.3 / released code: TEST.RPN_PRE_NMS_TOP_N
-    rpn_post_nms_top_n_train: int = 2000    # paper §3.3: "we use the top-2000 ... for training"
-    rpn_post_nms_top_n_test: int = 300      # paper §4: 300 proposals at test time
-    rpn_nms_thresh: float = 0.7             # paper §3.3: NMS at IoU 0.7
-    rpn_min_size: float = 16.0              # released code: RPN_MIN_SIZE, in original-image pixels
+    rpn_pre_nms_top_n_train: int = setting(12000, COUNT, "proposals", "released code: TRAIN.RPN_PRE_NMS_TOP_N",
+                                           "proposals kept before NMS in training", training_only=True)
+    rpn_pre_nms_top_n_test: int = setting(6000, COUNT, "proposals", "paper §3.3 / released code: TEST.RPN_PRE_NMS_TOP_N",
+                                          "proposals kept before NMS at test time")
+    rpn_post_nms_top_n_train: int = setting(2000, COUNT, "proposals", "paper §3.3",
+                                            "\"we use the top-2000 ... for training\"", training_only=True)
+    rpn_post_nms_top_n_test: int = setting(300, COUNT, "proposals", "paper §4", "300 proposals at test time")
+    rpn_nms_thresh: float = setting(0.7, FRACTION, "IoU", "paper §3.3", "NMS at IoU 0.7")
+    rpn_min_size: float = setting(16.0, NON_NEGATIVE, "px (original image)", "released code: RPN_MIN_SIZE",
+                                  "smallest proposal side kept")
 
     # --- RoI pooling and the Fast R-CNN head (Fast R-CNN §2) ----------------------------
-    roi_output_size: int = 7                # Fast R-CNN: 7×7 for VGG-16 (6×6 for ZF)
-    roi_pool: str = "max"                   # Fast R-CNN RoI max pooling; "align": RoIAlign (Mask R-CNN)
-    roi_batch_size: int = 64                # RoIs per image. released alt-opt Fast R-CNN stages: 2 images × 64 = R 128
-                                            # (Fast R-CNN §2.3); the released end-to-end (joint) code uses 1 image × 128
-    roi_positive_fraction: float = 0.25     # Fast R-CNN §2.3: 25 % foreground
-    roi_fg_iou: float = 0.5                 # Fast R-CNN §2.3: foreground IoU ≥ 0.5
-    roi_bg_iou_low: float = 0.1             # Fast R-CNN §2.3: background IoU in [0.1, 0.5)
-    roi_bg_iou_high: float = 0.5
-    head_hidden: int = 4096                 # VGG-16 fc6 / fc7
-    box_coder_std: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)  # released code: BBOX_NORMALIZE_STDS
-    det_lambda: float = 1.0                 # Fast R-CNN Eq. 1: λ = 1
-    det_smooth_l1_beta: float = 1.0         # Fast R-CNN Eq. 3
+    roi_output_size: int = setting(7, interval(1, 64, why=lambda v: f"each pooled RoI holds up to {WIDEST_FEATURES} x "
+                                                                   f"{v}² numbers ({nbytes(4 * WIDEST_FEATURES * v * v)}), "
+                                                                   "and fc6 as many weights per hidden unit"),
+                                   "bins per side", "Fast R-CNN", "7×7 for VGG-16 (6×6 for ZF)")
+    roi_pool: str = setting("max", one_of("max", "align"), "", "Fast R-CNN",
+                            "RoI max pooling; \"align\": RoIAlign (Mask R-CNN)")
+    roi_batch_size: int = setting(64, COUNT, "RoIs per image", "Fast R-CNN §2.3",
+                                  "released alt-opt Fast R-CNN stages: 2 images × 64 = R 128; the released "
+                                  "end-to-end (joint) code uses 1 image × 128", training_only=True)
+    roi_positive_fraction: float = setting(0.25, FRACTION, "", "Fast R-CNN §2.3", "25 % foreground", training_only=True)
+    roi_fg_iou: float = setting(0.5, FRACTION, "IoU", "Fast R-CNN §2.3", "foreground IoU ≥ 0.5", training_only=True)
+    roi_bg_iou_low: float = setting(0.1, FRACTION, "IoU", "Fast R-CNN §2.3", "background IoU in [0.1, 0.5)",
+                                    training_only=True)
+    roi_bg_iou_high: float = setting(0.5, FRACTION, "IoU", "Fast R-CNN §2.3", "upper end of the background IoU",
+                                     training_only=True)
+    head_hidden: int = setting(4096, interval(1, 16384, why=lambda v: f"fc7 alone would hold {v}² weights "
+                                                                     f"({nbytes(4 * v * v)})"),
+                               "units", "VGG-16", "fc6 / fc7 width")
+    box_coder_std: tuple[float, ...] = setting((0.1, 0.1, 0.2, 0.2), positive_numbers(4, "4 numbers > 0"), "",
+                                               "released code: BBOX_NORMALIZE_STDS", "box-target normalisation")
+    det_lambda: float = setting(1.0, NON_NEGATIVE, "", "Fast R-CNN Eq. 1", "λ = 1", training_only=True)
+    det_smooth_l1_beta: float = setting(1.0, NON_NEGATIVE, "", "Fast R-CNN Eq. 3", "smooth L1 β", training_only=True)
 
     # --- test-time detection (released code: test.py) -----------------------------------
-    score_thresh: float = 0.05              # released code: keep detections with score > 0.05
-    det_nms_thresh: float = 0.3             # released code: TEST.NMS = 0.3, per class
-    detections_per_img: int = 100           # released code: max_per_image = 100
+    score_thresh: float = setting(0.05, FRACTION, "score", "released code", "keep detections with score > 0.05")
+    det_nms_thresh: float = setting(0.3, FRACTION, "IoU", "released code: TEST.NMS", "per-class NMS at IoU 0.3")
+    detections_per_img: int = setting(100, COUNT, "detections", "released code: max_per_image",
+                                      "detections kept per image")
 
     # --- training (paper §3.3, released code train_faster_rcnn_alt_opt.py) -------------
-    images_per_batch: int = 1               # paper §3.1.3: "each mini-batch arises from a single image" (RPN stages)
-    det_images_per_batch: int = 2           # released alt-opt code: Fast R-CNN stages take 2 images (TRAIN.IMS_PER_BATCH = 2)
-    momentum: float = 0.9                   # paper §3.1.3
-    weight_decay: float = 0.0005            # paper §3.1.3
-    bias_lr_mult: float = 2.0               # released prototxts: biases train with lr_mult 2 ...
-    bias_weight_decay: bool = False         # ... and decay_mult 0
-    warmup_iterations: int = 0              # not in the paper; the book's from-scratch net needs a short warm-up
-    flip: bool = True                       # paper: horizontal flip is the only augmentation (released code)
-    difficult: str = "drop"                 # released code (use_diff=False): VOC difficult / COCO crowd boxes are removed
-                                            # from training; "ignore" (ours): they become ignore regions for anchor
-                                            # labelling and RoI sampling; "train": trained on as ordinary objects
-    channels_last: bool = True              # speed only (PyTorch memory-format guide): NHWC training convs
+    images_per_batch: int = setting(1, BATCH, "images", "paper §3.1.3",
+                                    "\"each mini-batch arises from a single image\" (RPN stages)", training_only=True)
+    det_images_per_batch: int = setting(2, BATCH, "images", "released alt-opt code: TRAIN.IMS_PER_BATCH = 2",
+                                        "images per Fast R-CNN step", training_only=True)
+    momentum: float = setting(0.9, interval(0.0, 1.0, high_open=True), "", "paper §3.1.3", "SGD momentum",
+                              training_only=True)
+    weight_decay: float = setting(0.0005, NON_NEGATIVE, "", "paper §3.1.3", "SGD weight decay", training_only=True)
+    bias_lr_mult: float = setting(2.0, NON_NEGATIVE, "", "released prototxts", "biases train with lr_mult 2 ...",
+                                  training_only=True)
+    bias_weight_decay: bool = setting(False, None, "", "released prototxts", "... and decay_mult 0", training_only=True)
+    warmup_iterations: int = setting(0, NON_NEGATIVE, "iterations", "ours",
+                                     "not in the paper; the book's from-scratch net needs a short warm-up",
+                                     training_only=True)
+    flip: bool = setting(True, None, "", "released code",
+                         "horizontal flip, the only augmentation", training_only=True)
+    difficult: str = setting("drop", one_of(*DIFFICULT_CHOICES), "", "released code (use_diff=False)",
+                             "VOC difficult / COCO crowd boxes: \"drop\": removed from training; \"ignore\" (ours): "
+                             "ignore regions for anchor labelling and RoI sampling; \"train\": ordinary objects",
+                             training_only=True)
+    channels_last: bool = setting(True, None, "", "ours", "speed only (PyTorch memory-format guide): NHWC training convs",
+                                  training_only=True)
     # The 4-step schedule (paper §3.2): RPN, Fast R-CNN, RPN (shared layers frozen), Fast R-CNN (frozen).
     # paper §3.1.3: lr 0.001 for 60k mini-batches, 0.0001 for the next 20k (VOC); released code: 80k/40k per stage.
-    stage_rpn1: StageSchedule = field(default_factory=lambda: StageSchedule(80000, 0.001, 60000))
-    stage_det1: StageSchedule = field(default_factory=lambda: StageSchedule(40000, 0.001, 30000))
-    stage_rpn2: StageSchedule = field(default_factory=lambda: StageSchedule(80000, 0.001, 60000))
-    stage_det2: StageSchedule = field(default_factory=lambda: StageSchedule(40000, 0.001, 30000))
-    # How steps 3-4 start. released code (alt-opt): step 3 trains a freshly initialised RPN head on the
-    # frozen step-2 features; step 4 re-initialises cls_score/bbox_pred. False (ours): warm starts from
-    # the step-1 RPN head and the step-2 predictor.
-    alt_reinit_heads: bool = True
-    # released code: steps 2 and 4 train on proposals computed once by the previous step's RPN in test
-    # mode (RPN_PRE_NMS_TOP_N = -1, i.e. all, post-NMS 2000) and stored; False (ours): proposals from the
-    # previous RPN in train mode on every step (a second forward pass per step).
-    alt_precomputed_proposals: bool = True
-    alt_proposal_pre_nms_top_n: int = 0     # released code: -1 (all anchors) before NMS; 0 here means all
-    alt_proposal_post_nms_top_n: int = 2000  # released code: RPN_POST_NMS_TOP_N = 2000 for the stored proposals
-    joint: StageSchedule = field(default_factory=lambda: StageSchedule(70000, 0.001, 50000))  # released code end2end (VOC07)
-    seed: int = 0
+    stage_rpn1: StageSchedule = _stage(80000, 0.001, 60000, "released code", "step 1: the RPN")
+    stage_det1: StageSchedule = _stage(40000, 0.001, 30000, "released code", "step 2: Fast R-CNN")
+    stage_rpn2: StageSchedule = _stage(80000, 0.001, 60000, "released code", "step 3: the RPN, shared layers frozen")
+    stage_det2: StageSchedule = _stage(40000, 0.001, 30000, "released code", "step 4: Fast R-CNN, shared layers frozen")
+    alt_reinit_heads: bool = setting(True, None, "", "released code (alt-opt)",
+                                     "step 3 trains a freshly initialised RPN head on the frozen step-2 features; "
+                                     "step 4 re-initialises cls_score/bbox_pred. False (ours): warm starts from the "
+                                     "step-1 RPN head and the step-2 predictor", training_only=True)
+    alt_precomputed_proposals: bool = setting(True, None, "", "released code",
+                                              "steps 2 and 4 train on proposals computed once by the previous "
+                                              "step's RPN in test mode and stored; False (ours): proposals from "
+                                              "the previous RPN in train mode on every step", training_only=True)
+    alt_proposal_pre_nms_top_n: int = setting(0, interval(0, 2**31 - 1), "proposals", "released code: -1 (all)",
+                                              "stored proposals before NMS; 0 here means all anchors",
+                                              training_only=True)
+    alt_proposal_post_nms_top_n: int = setting(2000, COUNT, "proposals", "released code: RPN_POST_NMS_TOP_N",
+                                               "stored proposals after NMS", training_only=True)
+    joint: StageSchedule = _stage(70000, 0.001, 50000, "released code end2end (VOC07)",
+                                  "approximate joint training")
+    seed: int = setting(0, interval(0, 2**32 - 1), "", "ours", "random seed (weights, data order, sampling)",
+                        training_only=True)
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -206,7 +340,8 @@ class Config:
         Runs on every construction (presets, `replace`, `--set`, a checkpoint's config), so no
         nonsense value reaches a model or a training run: wrong types, non-finite numbers,
         unknown choices, IoU thresholds and fractions outside [0, 1], non-positive sizes,
-        counts and iterations.
+        counts and iterations, and sizes beyond their upper bound (the message says the memory
+        they would need). Each field's range is its `rule` metadata (`setting`).
         """
         hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -214,9 +349,10 @@ class Config:
             if not _has_type(value, hints[f.name]):
                 raise ConfigError(f.name, f"expected {_type_name(hints[f.name])}, got {value!r} "
                                           f"({type(value).__name__})")
-            rule = _RULES.get(f.name)
-            if rule is not None and not rule[0](value):
-                raise ConfigError(f.name, f"must be {rule[1]}, got {value!r}")
+            rule = f.metadata["rule"]
+            if rule is not None and not rule.test(value):
+                reason = rule.why(value) if rule.why is not None else ""
+                raise ConfigError(f.name, f"must be {rule.words}, got {value!r}" + (f" ({reason})" if reason else ""))
         for low, high in (("rpn_bg_iou", "rpn_fg_iou"), ("roi_bg_iou_low", "roi_bg_iou_high")):
             if getattr(self, low) > getattr(self, high):
                 raise ConfigError(low, f"must not exceed {high} ({getattr(self, low)} > {getattr(self, high)})")
@@ -283,45 +419,19 @@ def _type_name(hint) -> str:
             type(None): "None"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _schedule_ok(s: StageSchedule) -> bool:
-    return (isinstance(s.iterations, int) and not isinstance(s.iterations, bool) and s.iterations > 0
-            and isinstance(s.lr, (int, float)) and not isinstance(s.lr, bool) and math.isfinite(s.lr) and s.lr > 0
-            and isinstance(s.lr_step, int) and not isinstance(s.lr_step, bool) and s.lr_step >= 0)
+def field_info(name: str) -> dict:
+    """The metadata of Config field `name`: rule, unit, source, help, training_only (see `setting`)."""
+    return dict(_FIELDS[name].metadata)
 
 
-def _one_of(*choices: str):
-    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+def describe(cfg: Config, name: str) -> str:
+    """The value of field `name` of `cfg` with its unit: "600 px", "0.7 IoU", "True"."""
+    value, unit = getattr(cfg, name), _FIELDS[name].metadata["unit"]
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}" if unit else text
 
 
-_UNIT = ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]")
-_POSITIVE = ((lambda v: v > 0), "> 0")
-_NON_NEGATIVE = ((lambda v: v >= 0), ">= 0")
-# Field -> (test, what it must be). Type and finiteness are checked for every field from its annotation.
-_RULES: dict[str, tuple] = {
-    "backbone": _one_of("vgg16", "zf", "small"),
-    "roi_pool": _one_of("max", "align"),
-    "rpn_cls_loss": _one_of("softmax", "sigmoid"),
-    "rpn_reg_normalization": _one_of("locations", "minibatch"),
-    "difficult": _one_of(*DIFFICULT_CHOICES),
-    "num_classes": ((lambda v: v >= 2), ">= 2 (the background and at least one class)"),
-    "momentum": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
-    "seed": ((lambda v: 0 <= v < 2**32), "in 0 .. 2**32 - 1"),
-    "image_mean": ((lambda v: len(v) == 3), "3 numbers (R, G, B)"),
-    "image_std": ((lambda v: len(v) == 3 and all(x > 0 for x in v)), "3 numbers > 0 (R, G, B)"),
-    "box_coder_std": ((lambda v: len(v) == 4 and all(x > 0 for x in v)), "4 numbers > 0"),
-    "anchor_scales": ((lambda v: len(v) > 0 and all(x > 0 for x in v)), "a non-empty tuple of numbers > 0"),
-    "anchor_ratios": ((lambda v: len(v) > 0 and all(x > 0 for x in v)), "a non-empty tuple of numbers > 0"),
-    **{name: (_schedule_ok, "a StageSchedule with iterations > 0, a finite lr > 0 and lr_step >= 0")
-       for name in STAGE_FIELDS},
-    **{name: _UNIT for name in (
-        "rpn_fg_iou", "rpn_bg_iou", "rpn_positive_fraction", "rpn_nms_thresh", "roi_positive_fraction",
-        "roi_fg_iou", "roi_bg_iou_low", "roi_bg_iou_high", "score_thresh", "det_nms_thresh")},
-    **{name: _POSITIVE for name in (
-        "min_size", "max_size", "size_divisible", "anchor_base_size", "rpn_channels", "rpn_batch_size",
-        "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
-        "rpn_post_nms_top_n_test", "roi_output_size", "roi_batch_size", "head_hidden", "detections_per_img",
-        "images_per_batch", "det_images_per_batch", "alt_proposal_post_nms_top_n")},
-    **{name: _NON_NEGATIVE for name in (
-        "frozen_layers", "rpn_lambda", "rpn_smooth_l1_beta", "rpn_min_size", "det_lambda", "det_smooth_l1_beta",
-        "weight_decay", "bias_lr_mult", "warmup_iterations", "alt_proposal_pre_nms_top_n")},
-}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Fields that only steer training: a model file written before one of them existed still loads (the
+# field takes its default, which cannot change detections); any other missing field is refused.
+TRAINING_ONLY_FIELDS = frozenset(name for name, f in _FIELDS.items() if f.metadata["training_only"])

@@ -8,11 +8,16 @@ Two implementations that keep exactly the same boxes in the same order:
   top-N boxes a caller will keep are decided (the RPN keeps 300 of 6000).
 
 Both sort scores with a *stable* descending sort (ties: lower index first) and suppress a box
-when IoU > threshold, computing IoU with the same arithmetic, so ties resolve identically.
+when IoU > threshold (the float32 IoU against the threshold as a double), computing IoU with the
+same arithmetic, so on the CPU ties resolve identically. On CUDA they need not: torchvision's CUDA
+kernel sorts without the stable flag (equal scores in any order) and compares its float32 IoU with
+the threshold rounded to float32, so a box whose IoU is exactly float32(threshold) — above the
+threshold itself for 0.3, 0.7 — survives there and is suppressed here (tests/test_devices.py).
 `batched_nms` runs NMS independently per category (per class, or per image).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -32,6 +37,21 @@ def check_nms_inputs(boxes: Tensor, scores: Tensor, where: str, categories: Tens
             raise ValueError(f"{where}: {name} must be a tensor of shape ({len(boxes)},), one per box, got {got}")
 
 
+def float32_threshold(threshold: float) -> float:
+    """The float32 number t32 with `iou > t32` ⟺ `iou > threshold` for every float32 `iou`.
+
+    torchvision's CPU kernel compares its float32 IoU with the threshold as a double. Comparing a
+    float32 tensor with a Python number rounds the number to float32 (0.3 -> 0.3f, which is a bit
+    above 0.3), and an IoU of exactly 0.3f would then survive. Using the float32 just below the
+    rounded number when rounding went up gives the double comparison's answer in float32 — on any
+    device, MPS included, which has no float64.
+    """
+    rounded = torch.tensor(threshold, dtype=torch.float32)
+    if rounded.item() > threshold:
+        rounded = torch.nextafter(rounded, torch.tensor(-math.inf))
+    return rounded.item()
+
+
 def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[tuple[int, Tensor]]:
     """Greedy NMS one decision at a time: yields (kept index, indices it suppresses).
 
@@ -42,9 +62,7 @@ def nms_steps(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Iterator[t
     while remaining.numel() > 0:
         best, rest = remaining[0], remaining[1:]
         overlaps = piece("iou", box_iou)(boxes[best][None], boxes[rest])[0]
-        # Compare in float64, as torchvision's kernel compares its float IoU with a double threshold:
-        # in float32, a threshold such as 0.3 would round to the IoU 0.3f and stop suppressing it.
-        suppress = overlaps.double() > iou_threshold
+        suppress = overlaps > float32_threshold(iou_threshold)
         yield int(best), rest[suppress]
         remaining = rest[~suppress]     # "not >" also keeps NaN IoUs, as torchvision does
 
@@ -88,8 +106,8 @@ def nms_top(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int, 
         block = order[start:start + max(min_block, 2 * (max_kept - len(kept)))]
         start += len(block)
         if len(kept):
-            # float64 comparison, as in nms_steps; NaN IoU never suppresses.
-            overlaps = box_iou(boxes[block], boxes[kept]).double() > iou_threshold
+            # As in nms_steps (no float64: MPS has none); NaN IoU never suppresses.
+            overlaps = box_iou(boxes[block], boxes[kept]) > float32_threshold(iou_threshold)
             block = block[~overlaps.any(dim=1)]
         kept = torch.cat([kept, block[torchvision.ops.nms(boxes[block], scores[block], iou_threshold)]])
     return kept[:max_kept]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fasterrcnn_edu.config import field_info
 from fasterrcnn_edu.fileio import remove_stale_temp_files
 
 
@@ -52,7 +53,13 @@ def _plain_name(v) -> bool:
     return isinstance(v, str) and v not in ("", ".", "..") and not any(c in v for c in "/\\\0")
 
 
-SEED = _integer(0, 2**32 - 1)
+def config_rule(name: str) -> tuple:
+    """The range of the integer Config field `name` (its metadata): an option that sets the field shares it."""
+    rule = field_info(name)["rule"]
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and rule.test(v)), f"an integer {rule.words}"
+
+
+SEED = config_rule("seed")
 # Option (argparse dest) -> (test, what the value must be). A list-valued option is checked item by item.
 OPTION_RULES: dict[str, tuple] = {
     "threads": _integer(0, 1024), "checkpoint_every": _integer(1), "steps": _integer(1),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from fasterrcnn_edu import initialisation
 from fasterrcnn_edu.boxes import box_iou, check_boxes, clip_boxes, decode, encode, small_box_mask
 from fasterrcnn_edu.labeling import gather_matched, pad_flags, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.losses import fast_rcnn_losses
@@ -172,9 +173,10 @@ class FastRCNNPredictor(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Fresh weights, as Fast R-CNN initialises them: zero-mean Gaussians of std 0.01 (scores)
-        and 0.001 (deltas), zero biases."""
-        nn.init.normal_(self.cls_score.weight, std=0.01, generator=generator)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001, generator=generator)
+        and 0.001 (deltas), zero biases. Drawn on the CPU from `generator` (a CPU generator; None: the
+        global one) on every device (`initialisation.normal_`)."""
+        initialisation.normal_(self.cls_score.weight, std=0.01, generator=generator)
+        initialisation.normal_(self.bbox_pred.weight, std=0.001, generator=generator)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 

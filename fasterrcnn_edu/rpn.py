@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fasterrcnn_edu import initialisation
 from fasterrcnn_edu.anchors import AnchorGenerator
 from fasterrcnn_edu.boxes import encode
 from fasterrcnn_edu.labeling import (NEGATIVE, POSITIVE, gather_matched, label_anchors, pad_flags, pad_ground_truth,
@@ -34,9 +35,10 @@ class RPNHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Fresh weights, paper §3.1.3: zero-mean Gaussian, std 0.01; zero biases."""
+        """Fresh weights, paper §3.1.3: zero-mean Gaussian, std 0.01; zero biases. Drawn on the CPU from
+        `generator` (a CPU generator; None: the global one) on every device (`initialisation.normal_`)."""
         for layer in (self.conv, self.cls, self.reg):
-            nn.init.normal_(layer.weight, std=0.01, generator=generator)
+            initialisation.normal_(layer.weight, std=0.01, generator=generator)
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:

@@ -184,6 +184,8 @@ def trainable(*modules: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _reinit_generator(cfg: Config, step: int) -> torch.Generator:
+    """The CPU generator of the fresh heads of step 3 or 4: the heads are drawn on the CPU and copied
+    to the networks' device (`initialisation.normal_`), so a seed gives the same heads on every device."""
     return torch.Generator().manual_seed(cfg.seed * 1000 + step)
 
 

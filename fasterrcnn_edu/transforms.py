@@ -76,12 +76,14 @@ def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor
 
     Returns the batch and image_sizes (B, 2) int64.
     """
-    sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64)
-    height, width = (torch.ceil(sizes.max(dim=0).values / size_divisible) * size_divisible).long().tolist()
+    # Shapes are host numbers: no tensor (and no host synchronisation) is needed to pad.
+    sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    height = -(-max(h for h, _ in sizes) // size_divisible) * size_divisible
+    width = -(-max(w for _, w in sizes) // size_divisible) * size_divisible
     batch = images[0].new_zeros(len(images), 3, height, width)
     for img, slot in zip(images, batch):                          # a loop over images
         slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
-    return batch, sizes.to(images[0].device)
+    return batch, torch.tensor(sizes, dtype=torch.int64, device=images[0].device)
 
 
 def check_inputs(images, targets: list[dict] | None = None) -> None:
@@ -152,7 +154,7 @@ class ImageTransform:
             # the ground truth and, in the detector steps of 4-step training, the stored proposals.
             targets = [dict(t, **{k: t[k].float() * _xy_factors(size, orig).to(t[k].device)
                                   for k in BOX_KEYS if k in t})
-                       for t, size, orig in zip(targets, image_sizes.tolist(), original_sizes)]
+                       for t, size, orig in zip(targets, [p.shape[-2:] for p in prepared], original_sizes)]
         return ImageBatch(tensors, image_sizes, scales_t, original_sizes), targets
 
     def postprocess(self, detections: list[dict], batch: ImageBatch) -> list[dict]:

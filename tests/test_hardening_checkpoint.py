@@ -252,3 +252,20 @@ def test_a_malicious_pickle_is_refused_as_pickled_objects(tmp_path, function, wo
     err = capsys.readouterr().err
     assert "pickled Python objects" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("min_size", 10**9, "needs 12 EB"), ("max_size", 10**9, "needs 12 EB"),
+    ("roi_output_size", 100_000, "each pooled RoI holds"), ("size_divisible", 10**6, "12 TB per image"),
+    ("head_hidden", 10**9, "fc7 alone would hold")])
+def test_a_size_beyond_its_upper_bound_in_a_saved_config_is_refused_before_any_allocation(saved, field, value,
+                                                                                          reason, tmp_path):
+    """Issue 25, item 2: such a model file ended in an allocation traceback when loaded or used."""
+    state = copy.deepcopy(saved)
+    state["config"][field] = value
+    path = tmp_path / f"{field}.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid config: Config field {field}: must be in 1 .. ") and reason in message

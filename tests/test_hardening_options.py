@@ -163,3 +163,29 @@ def test_presets_and_their_scaled_copies_are_valid():
 def test_unknown_field_in_from_dict_is_a_clear_error():
     with pytest.raises(TypeError, match="no_such_field"):
         Config.from_dict({**Config.book().to_dict(), "no_such_field": 1})
+
+
+# Issue 25, item 2: sizes without an upper bound ended in an allocation or overflow traceback.
+UNBOUNDED_SIZES = [("min_size", 10**9, "needs 12 EB"), ("max_size", 10**9, "needs 12 EB"),
+                   ("roi_output_size", 100_000, "each pooled RoI holds"), ("size_divisible", 10**6, "12 TB per image"),
+                   ("head_hidden", 10**9, "fc7 alone would hold")]
+
+
+@pytest.mark.parametrize("field, value, reason", UNBOUNDED_SIZES, ids=[f for f, _, _ in UNBOUNDED_SIZES])
+def test_a_size_beyond_its_upper_bound_is_refused_by_set_with_the_memory_it_needs(field, value, reason, tmp_path,
+                                                                                  capsys):
+    # A short schedule: where the value is not refused (the old code) the run ends soon, with status 0.
+    assert main(["train", "--data", SHAPES, "--set", f"{field}={value}", "--iterations-scale", "0.001",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --set {field}={value}: Config field {field}: must be in 1 .. ") and err.count("\n") == 1
+    assert reason in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_size_has_an_upper_bound():
+    """Every integer field with a lower bound of 1 (a size or a count) has an upper one too."""
+    unbounded = [f.name for f in dataclasses.fields(Config)
+                 if f.metadata["rule"] is not None and f.metadata["rule"].words.startswith(">= 1")]
+    assert unbounded == []
+    assert Config.book(min_size=10_000, head_hidden=16_384, roi_output_size=64, size_divisible=1024).min_size == 10_000

@@ -30,7 +30,8 @@ def no_training(monkeypatch):
 
     def fake_train(dataset, cfg, mode, out, device, resume, **kwargs):
         calls.append((cfg, kwargs))
-        return types.SimpleNamespace(model=None, seconds=0.0)
+        out.mkdir(parents=True, exist_ok=True)       # what train does; the command then draws losses.png there
+        return types.SimpleNamespace(model=None, seconds=0.0, log=[{"stage": "joint", "step": 0, "lr": 0.001, "loss": 1.0}])
 
     monkeypatch.setattr("fasterrcnn_edu.training.train", fake_train)
     return calls

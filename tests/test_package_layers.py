@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fasterrcnn_edu"
 CORE = ("boxes", "anchors", "labeling", "losses", "nms", "proposals", "rpn", "roi_heads", "backbones",
-        "model", "transforms", "config", "fileio", "checkpoint", "training", "inference", "evaluation")
+        "model", "transforms", "config", "initialisation", "fileio", "checkpoint", "training", "inference", "evaluation")
 NOT_CORE = ("matplotlib", "fasterrcnn_edu.viz", "fasterrcnn_edu.exercises", "fasterrcnn_edu.error_analysis",
             "fasterrcnn_edu.lab")
 

@@ -1,7 +1,10 @@
 """The settings table of the book (fasterrcnn_edu.lab.settings_table) is read from Config, so it follows the code."""
 from __future__ import annotations
 
+import dataclasses
+
 from fasterrcnn_edu import Config
+from fasterrcnn_edu.config import field_info
 from fasterrcnn_edu.lab.settings_table import SETTINGS, settings_markdown, settings_rows
 
 
@@ -28,3 +31,22 @@ def test_markdown_table_has_a_line_per_setting_and_group():
     groups = {s.group for s in SETTINGS}
     assert text.count("\n") + 1 == 2 + len(SETTINGS) + len(groups)
     assert text.startswith("| setting | paper | released code |")
+
+
+# Config fields the table leaves out: data-set facts, file paths, speed switches and the seed.
+NOT_TABULATED = {"num_classes", "image_mean", "image_std", "size_divisible", "backbone_weights", "channels_last",
+                 "seed", "alt_proposal_pre_nms_top_n", "alt_proposal_post_nms_top_n", "det_smooth_l1_beta"}
+
+
+def test_every_config_field_is_in_the_table_or_named_as_left_out():
+    """A new Config field fails here until it gets a row (or is named above): the table cannot drift."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    shown = {name for s in SETTINGS for name in s.fields}
+    assert shown <= fields, sorted(shown - fields)
+    assert fields - shown == NOT_TABULATED
+
+
+def test_each_row_names_the_sources_of_its_fields():
+    rows = {r["setting"]: r for r in settings_rows()}
+    assert rows["image scale"]["fields"] == "min_size, max_size"
+    assert field_info("min_size")["source"] == "paper §3.3" and field_info("min_size")["unit"] == "px"

@@ -19,6 +19,10 @@ __all__ = ["Setting", "SETTINGS", "settings_rows", "settings_markdown"]
 
 @dataclass(frozen=True)
 class Setting:
+    """One row: the Config `fields` it shows (`config.field_info` gives each one's source, unit and
+    range), its group and name, what the paper and the released code say, and `preset(cfg)`, the
+    cell of a preset."""
+    fields: tuple[str, ...]
     group: str
     name: str
     paper: str
@@ -46,96 +50,97 @@ def _difficult(cfg: Config) -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     # --- data -----------------------------------------------------------------------------
-    Setting("data", "image scale", "shorter side 600 (§3.3)", "600, longer side ≤ 1000",
+    Setting(('min_size', 'max_size'), "data", "image scale", "shorter side 600 (§3.3)", "600, longer side ≤ 1000",
             lambda c: f"shorter side {c.min_size}, longer ≤ {c.max_size}"),
-    Setting("data", "horizontal flip", "—", "yes (TRAIN.USE_FLIPPED)", lambda c: "yes" if c.flip else "no"),
-    Setting("data", "VOC *difficult* objects", "—", "dropped from training (use_diff = False)", _difficult),
+    Setting(('flip',), "data", "horizontal flip", "—", "yes (TRAIN.USE_FLIPPED)", lambda c: "yes" if c.flip else "no"),
+    Setting(('difficult',), "data", "VOC *difficult* objects", "—", "dropped from training (use_diff = False)", _difficult),
     # --- backbone -------------------------------------------------------------------------
-    Setting("backbone", "network", "ZF or VGG-16, ImageNet pre-trained (§3.1.3)", "ZF or VGG-16, ImageNet",
+    Setting(('backbone',), "backbone", "network", "ZF or VGG-16, ImageNet pre-trained (§3.1.3)", "ZF or VGG-16, ImageNet",
             lambda c: c.backbone + (" (ImageNet weights from a local file)" if c.backbone != "small"
                                     else " (6 conv layers, pre-trained on shape crops)")),
-    Setting("backbone", "frozen first conv layers", "—", "VGG-16: conv1_1 … conv2_2 (lr_mult 0)",
+    Setting(('frozen_layers',), "backbone", "frozen first conv layers", "—", "VGG-16: conv1_1 … conv2_2 (lr_mult 0)",
             lambda c: str(c.frozen_layers)),
     # --- anchors --------------------------------------------------------------------------
-    Setting("anchors", "anchor areas", "128², 256², 512² (§3.1.1)", "scales 8, 16, 32 × base 16", _sizes),
-    Setting("anchors", "aspect ratios (height / width)", "1:1, 1:2, 2:1 (§3.1.1)", "0.5, 1, 2", _ratios),
-    Setting("anchors", "anchor arithmetic", "—", "inclusive pixels, rounded sides (\"+1\")",
+    Setting(('anchor_base_size', 'anchor_scales'), "anchors", "anchor areas", "128², 256², 512² (§3.1.1)", "scales 8, 16, 32 × base 16", _sizes),
+    Setting(('anchor_ratios',), "anchors", "aspect ratios (height / width)", "1:1, 1:2, 2:1 (§3.1.1)", "0.5, 1, 2", _ratios),
+    Setting(('legacy_anchors',), "anchors", "anchor arithmetic", "—", "inclusive pixels, rounded sides (\"+1\")",
             lambda c: "released (\"+1\")" if c.legacy_anchors else "continuous (ours)"),
     # --- RPN ------------------------------------------------------------------------------
-    Setting("RPN", "intermediate layer", "3×3 conv, 256-d (ZF) / 512-d (VGG) (§3.1)", "same",
+    Setting(('rpn_channels',), "RPN", "intermediate layer", "3×3 conv, 256-d (ZF) / 512-d (VGG) (§3.1)", "same",
             lambda c: f"3×3 conv, {c.rpn_channels}-d"),
-    Setting("RPN", "anchor labels", "positive IoU > 0.7 or best of a box; negative < 0.3 (§3.1.2)",
+    Setting(('rpn_fg_iou', 'rpn_bg_iou'), "RPN", "anchor labels", "positive IoU > 0.7 or best of a box; negative < 0.3 (§3.1.2)",
             "positive IoU ≥ 0.7 or best; negative < 0.3",
             lambda c: f"positive > {c.rpn_fg_iou:g} or best; negative < {c.rpn_bg_iou:g}"),
-    Setting("RPN", "cross-boundary anchors", "ignored in training (§3.3)", "ignored (allowed border 0)",
+    Setting(('rpn_ignore_cross_boundary',), "RPN", "cross-boundary anchors", "ignored in training (§3.3)", "ignored (allowed border 0)",
             lambda c: "ignored" if c.rpn_ignore_cross_boundary else "used"),
-    Setting("RPN", "anchors per image, positive share", "256, up to 1:1 (§3.1.3)", "256, 0.5",
+    Setting(('rpn_batch_size', 'rpn_positive_fraction'), "RPN", "anchors per image, positive share", "256, up to 1:1 (§3.1.3)", "256, 0.5",
             lambda c: f"{c.rpn_batch_size}, {c.rpn_positive_fraction:g}"),
-    Setting("RPN", "images per RPN mini-batch", "1 (§3.1.3)", "1", lambda c: str(c.images_per_batch)),
-    Setting("RPN", "objectness output", "2k scores, softmax (§3.1)", "2k, softmax",
+    Setting(('images_per_batch',), "RPN", "images per RPN mini-batch", "1 (§3.1.3)", "1", lambda c: str(c.images_per_batch)),
+    Setting(('rpn_cls_loss',), "RPN", "objectness output", "2k scores, softmax (§3.1)", "2k, softmax",
             lambda c: "2k, softmax" if c.rpn_cls_loss == "softmax" else "k, sigmoid"),
-    Setting("RPN", "loss weights (Eq. 1)", "λ = 10, N_cls = 256, N_reg ≈ 2400 locations (§3.1.2)",
+    Setting(('rpn_lambda', 'rpn_reg_normalization'), "RPN", "loss weights (Eq. 1)", "λ = 10, N_cls = 256, N_reg ≈ 2400 locations (§3.1.2)",
             "λ = 1 with N_reg = 256 (outside weights 1/256)",
             lambda c: f"λ = {c.rpn_lambda:g}, N_reg = " + ("locations" if c.rpn_reg_normalization == "locations"
                                                            else "N_cls")),
-    Setting("RPN", "smooth L1 β", "Fast R-CNN's (β = 1)", "σ = 3, i.e. β = 1/9",
+    Setting(('rpn_smooth_l1_beta',), "RPN", "smooth L1 β", "Fast R-CNN's (β = 1)", "σ = 3, i.e. β = 1/9",
             lambda c: f"{c.rpn_smooth_l1_beta:.3g}"),
     # --- proposals ------------------------------------------------------------------------
-    Setting("proposals", "training: before / after NMS", "— / 2000 (§3.3)", "12000 / 2000",
+    Setting(('rpn_pre_nms_top_n_train', 'rpn_post_nms_top_n_train'), "proposals", "training: before / after NMS", "— / 2000 (§3.3)", "12000 / 2000",
             lambda c: f"{c.rpn_pre_nms_top_n_train} / {c.rpn_post_nms_top_n_train}"),
-    Setting("proposals", "test: before / after NMS", "— / 300 (§4)", "6000 / 300",
+    Setting(('rpn_pre_nms_top_n_test', 'rpn_post_nms_top_n_test'), "proposals", "test: before / after NMS", "— / 300 (§4)", "6000 / 300",
             lambda c: f"{c.rpn_pre_nms_top_n_test} / {c.rpn_post_nms_top_n_test}"),
-    Setting("proposals", "NMS IoU", "0.7 (§3.3)", "0.7", lambda c: f"{c.rpn_nms_thresh:g}"),
-    Setting("proposals", "smallest proposal side", "—", "16 px (of the input image)",
+    Setting(('rpn_nms_thresh',), "proposals", "NMS IoU", "0.7 (§3.3)", "0.7", lambda c: f"{c.rpn_nms_thresh:g}"),
+    Setting(('rpn_min_size',), "proposals", "smallest proposal side", "—", "16 px (of the input image)",
             lambda c: f"{c.rpn_min_size:g} px"),
     # --- detector -------------------------------------------------------------------------
-    Setting("detector", "RoI pooling", "Fast R-CNN's max pooling, 7×7 for VGG", "max, 7×7",
+    Setting(('roi_pool', 'roi_output_size'), "detector", "RoI pooling", "Fast R-CNN's max pooling, 7×7 for VGG", "max, 7×7",
             lambda c: f"{'max' if c.roi_pool == 'max' else 'RoIAlign (ours)'}, {c.roi_output_size}×{c.roi_output_size}"),
-    Setting("detector", "images × RoIs per detector mini-batch", "— (Fast R-CNN: 2 × 64)",
+    Setting(('det_images_per_batch', 'roi_batch_size'), "detector", "images × RoIs per detector mini-batch", "— (Fast R-CNN: 2 × 64)",
             "alt-opt 2 × 64; end-to-end 1 × 128",
             lambda c: f"{c.det_images_per_batch} × {c.roi_batch_size}"),
-    Setting("detector", "RoI sampling", "— (Fast R-CNN: 25 % fg IoU ≥ 0.5, bg [0.1, 0.5))", "same",
+    Setting(('roi_positive_fraction', 'roi_fg_iou', 'roi_bg_iou_low', 'roi_bg_iou_high'), "detector", "RoI sampling", "— (Fast R-CNN: 25 % fg IoU ≥ 0.5, bg [0.1, 0.5))", "same",
             lambda c: f"{c.roi_positive_fraction:.0%} fg IoU ≥ {c.roi_fg_iou:g}, bg [{c.roi_bg_iou_low:g}, "
                       f"{c.roi_bg_iou_high:g})"),
-    Setting("detector", "fully connected layers", "VGG-16 fc6, fc7 (4096-d)", "same",
+    Setting(('head_hidden',), "detector", "fully connected layers", "VGG-16 fc6, fc7 (4096-d)", "same",
             lambda c: f"2 × {c.head_hidden}-d"),
-    Setting("detector", "box-target normalisation", "—",
+    Setting(('box_coder_std',), "detector", "box-target normalisation", "—",
             "alt-opt: per-class means / stds of the training RoIs; end-to-end: stds (0.1, 0.1, 0.2, 0.2)",
             lambda c: "stds (" + ", ".join(f"{v:g}" for v in c.box_coder_std) + ")"),
-    Setting("detector", "λ (Fast R-CNN loss)", "1 (Fast R-CNN)", "1", lambda c: f"{c.det_lambda:g}"),
+    Setting(('det_lambda',), "detector", "λ (Fast R-CNN loss)", "1 (Fast R-CNN)", "1", lambda c: f"{c.det_lambda:g}"),
     # --- test -----------------------------------------------------------------------------
-    Setting("test", "score threshold, per-class NMS, detections kept", "—", "> 0.05, 0.3, 100",
+    Setting(('score_thresh', 'det_nms_thresh', 'detections_per_img'), "test", "score threshold, per-class NMS, detections kept", "—", "> 0.05, 0.3, 100",
             lambda c: f"> {c.score_thresh:g}, {c.det_nms_thresh:g}, {c.detections_per_img}"),
     # --- optimisation ---------------------------------------------------------------------
-    Setting("training", "momentum, weight decay", "0.9, 0.0005 (§3.1.3)", "0.9, 0.0005",
+    Setting(('momentum', 'weight_decay'), "training", "momentum, weight decay", "0.9, 0.0005 (§3.1.3)", "0.9, 0.0005",
             lambda c: f"{c.momentum:g}, {c.weight_decay:g}"),
-    Setting("training", "biases", "—", "lr × 2, no weight decay",
+    Setting(('bias_lr_mult', 'bias_weight_decay'), "training", "biases", "—", "lr × 2, no weight decay",
             lambda c: f"lr × {c.bias_lr_mult:g}, " + ("weight decay" if c.bias_weight_decay else "no weight decay")),
-    Setting("training", "warm-up", "—", "—",
+    Setting(('warmup_iterations',), "training", "warm-up", "—", "—",
             lambda c: f"{c.warmup_iterations} iterations (ours)" if c.warmup_iterations else "none"),
-    Setting("4-step training", "step 1: RPN", "lr 0.001 for 60k, 0.0001 for 20k (§3.1.3, VOC)",
+    Setting(('stage_rpn1',), "4-step training", "step 1: RPN", "lr 0.001 for 60k, 0.0001 for 20k (§3.1.3, VOC)",
             "80k, lr 0.001 → ×0.1 at 60k", lambda c: _stage(c, "stage_rpn1")),
-    Setting("4-step training", "step 2: Fast R-CNN", "on step-1 proposals (§3.2)", "40k, step at 30k; proposals "
+    Setting(('stage_det1', 'alt_precomputed_proposals'), "4-step training", "step 2: Fast R-CNN", "on step-1 proposals (§3.2)", "40k, step at 30k; proposals "
             "stored once (top 2000 after NMS)", lambda c: _stage(c, "stage_det1") + (
                 "; stored proposals" if c.alt_precomputed_proposals else "; proposals on the fly (ours)")),
-    Setting("4-step training", "step 3: RPN, shared layers fixed",
+    Setting(('stage_rpn2', 'alt_reinit_heads'), "4-step training", "step 3: RPN, shared layers fixed",
             "\"use the detector network to initialize RPN training\" (§3.2)",
             "80k; RPN head newly initialised", lambda c: _stage(c, "stage_rpn2") + (
                 "; fresh RPN head" if c.alt_reinit_heads else "; step-1 RPN head (ours)")),
-    Setting("4-step training", "step 4: Fast R-CNN, shared layers fixed", "fine-tune its unique layers (§3.2)",
+    Setting(('stage_det2', 'alt_reinit_heads'), "4-step training", "step 4: Fast R-CNN, shared layers fixed", "fine-tune its unique layers (§3.2)",
             "40k; cls_score, bbox_pred newly initialised", lambda c: _stage(c, "stage_det2") + (
                 "; fresh cls_score / bbox_pred" if c.alt_reinit_heads else "; step-2 head (ours)")),
-    Setting("4-step training", "approximate joint (end-to-end)", "§3.2 (ii); no schedule given",
+    Setting(('joint',), "4-step training", "approximate joint (end-to-end)", "§3.2 (ii); no schedule given",
             "70k, lr 0.001 → ×0.1 at 50k (VOC 2007)", lambda c: _stage(c, "joint")),
 )
 
 
 def settings_rows(paper: Config | None = None, book: Config | None = None) -> list[dict[str, str]]:
-    """One dict per setting: group, setting, paper, released code, `paper` preset, `book` preset."""
+    """One dict per setting: group, setting, its Config fields, paper, released code, `paper` preset, `book` preset."""
     paper = paper if paper is not None else Config.paper()
     book = book if book is not None else Config.book()
-    return [{"group": s.group, "setting": s.name, "paper": s.paper, "released code": s.released,
-             "`paper` preset": s.preset(paper), "`book` preset": s.preset(book)} for s in SETTINGS]
+    return [{"group": s.group, "setting": s.name, "fields": ", ".join(s.fields), "paper": s.paper,
+             "released code": s.released, "`paper` preset": s.preset(paper), "`book` preset": s.preset(book)}
+            for s in SETTINGS]
 
 
 def settings_markdown(paper: Config | None = None, book: Config | None = None) -> str:
