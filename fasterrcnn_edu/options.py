@@ -79,7 +79,8 @@ INPUT_FILES = ("backbone_weights", "resume")
 # What each command's --out names: a folder it fills, or the one file it writes. A command not
 # listed here is judged by the path: with a suffix (".json") a file, else a folder.
 OUTPUT_KINDS = {"train": "dir", "eval": "dir", "detect": "dir", "pretrain": "file", "lambda-sweep": "file",
-                "ablation": "file", "profile": "file", "bench": "file", "side-by-side": "file", "errors": "file"}
+                "ablation": "file", "profile": "file", "bench": "file", "side-by-side": "file", "errors": "file",
+                "capstone": "file"}
 
 
 def output_kind(command: str | None, out: Path) -> str:

@@ -331,3 +331,11 @@ def test_strange_results_are_explained_not_crashed(name, fn, words):
 
 def test_every_piece_has_a_checker():
     assert set(pieces.NAMES) <= set(exercises.EXERCISES)
+
+
+def test_the_table_of_references_is_read_only():
+    import dataclasses
+    with pytest.raises(TypeError):
+        exercises.EXERCISES["nms"] = None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exercises.EXERCISES["nms"].reference = capstone.nms_never_suppresses

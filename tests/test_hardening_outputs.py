@@ -34,6 +34,7 @@ COMMANDS = {
     "bench": ["bench", "--tiny"],
     "side-by-side": ["side-by-side", "--data", str(SHAPES)],
     "errors": ["errors"],
+    "capstone": ["capstone", "--seeds", "0"],
 }
 
 

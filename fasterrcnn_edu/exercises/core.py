@@ -42,7 +42,7 @@ class CheckResult:
     __str__ = __repr__
 
 
-@dataclass
+@dataclass(frozen=True)
 class Exercise:
     """An exercise: its cases, the package's reference (bound when the module is imported), how to
     compare a result with the reference's (None when equal, else the difference in words), the

@@ -123,7 +123,8 @@ def rpn_loss_cases() -> list[Case]:
            torch.tensor([1, 0]))
     return [
         Case("one positive, one negative, zero logits: L_cls = log 2", (*one, 4, 1.0, 1.0),
-             "L_cls is the log loss (cross-entropy) over (not object, object), averaged over the N_cls sampled anchors."),
+             "L_cls is the log loss (cross-entropy) over (not object, object), averaged over the N_cls sampled anchors; "
+             "the box term is λ / N_reg · Σ smooth L1 over the positives, with N_reg = num_locations."),
         Case("the book's image: 2880 anchors, 256 sampled (20 positive), 320 locations, λ = 10, β = 1/9",
              (*batch(2880, 20, 236), 320, 10.0, 1 / 9),
              "N_cls = the number of sampled anchors (labels 1 and 0); N_reg = num_locations, the number of anchor "

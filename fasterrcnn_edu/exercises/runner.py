@@ -1,14 +1,17 @@
 """`check(name, fn)`: the reader's function against the package's, case by case, safely."""
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from fasterrcnn_edu import pieces
 from fasterrcnn_edu.exercises import ex_boxes, ex_detection, ex_losses
 from fasterrcnn_edu.exercises.core import Case, CheckResult, Exercise
 from fasterrcnn_edu.exercises.guard import Snapshot, TimeUp, call_with_timeout, changed_arguments, copy_args
 
-EXERCISES: dict[str, Exercise] = {**ex_boxes.EXERCISES, **ex_losses.EXERCISES, **ex_detection.EXERCISES}
+# Read-only, like every Exercise in it: a reader's code cannot swap a reference through the table.
+EXERCISES: Mapping[str, Exercise] = MappingProxyType({**ex_boxes.EXERCISES, **ex_losses.EXERCISES,
+                                                     **ex_detection.EXERCISES})
 
 # Taken now, when the package is imported and before any reader's code runs (see guard.py).
 SNAPSHOT = Snapshot()
