@@ -35,13 +35,19 @@ __all__ = [
     "plot_loss_curves", "whole_run_steps", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
 ]
 
-GT_COLOR = "#00d5ff"          # ground truth when no class is known
-GT_STYLE_COLOR = "white"      # draw_ground_truth: every ground-truth box, dashed, outlined in black
+#: Colour of ground-truth boxes when no class is known.
+GT_COLOR = "#00d5ff"
+#: Colour of every ground-truth box of `draw_ground_truth` (dashed, outlined in black).
+GT_STYLE_COLOR = "white"
+#: Colour of positive anchors.
 POSITIVE_COLOR = "tab:green"
+#: Colour of negative anchors.
 NEGATIVE_COLOR = "tab:red"
+#: Colour of boxes that NMS suppressed.
 SUPPRESSED_COLOR = "0.55"
 # The smallest text of any figure (pt). A figure at most 8 inches wide (`panels`) is shown in the
 # book's ~700-px column at >= 700 / (8 * 72) px per pt, so 8 pt is >= 9 CSS px there.
+#: The smallest text size (pt) of the book's figures.
 SMALL_PT = 8.0
 
 

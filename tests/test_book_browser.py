@@ -399,6 +399,10 @@ _LINKS_JS = """names => {
     article.querySelectorAll(".cell_input pre span.n, .cell_input pre span.nn").forEach(span => {
         const name = span.textContent;
         if (!names.includes(name)) return;
+        // `import x as name`: the alias itself is the binding, not a use (its original name is linked)
+        let before = span.previousElementSibling;
+        if (before && before.tagName === "A") before = null;
+        if (before && before.textContent === "as") return;
         const a = span.closest("a");
         const good = a && /api\\.html#(module-)?fasterrcnn_edu\\./.test(a.getAttribute("href") || "");
         const bucket = good ? linked : unlinked;

@@ -63,6 +63,7 @@ __all__ = [
 # Chapter 6: which weights train in which stage
 # ---------------------------------------------------------------------------------------------
 PARTS = ("backbone", "rpn", "roi_heads")
+#: Display names of the model parts in the training-stage figure.
 PART_NAMES = {"backbone": "conv layers", "rpn": "RPN head", "roi_heads": "Fast R-CNN head"}
 
 
@@ -361,6 +362,7 @@ def evaluate_variants(model: FasterRCNN, dataset, classes: Sequence[str],
 
 # The paper's Table 2 (journal / arXiv v3 numbering): ZF, VOC 2007 test, a Fast R-CNN detector trained on
 # Selective Search proposals and an unshared RPN; mAP in %. None: the paper has no such row.
+#: The rows of the paper's Table 2 that the test-time ablations reproduce.
 PAPER_TABLE2 = {
     "RPN 300": 56.8, "RPN 100": 55.1, "RPN 50": None, "RPN 1000": 56.3,
     "RPN (no NMS) 300": None, "RPN (no NMS) 1000": None, "RPN (no NMS) 6000": 55.2,
@@ -441,7 +443,7 @@ def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1
 # default 32², 64², 128² are scales 2, 4, 8 of the 16-pixel base, the paper's 128², 256², 512² at
 # s = 600 divided by 4. `anchors_at_scale` converts them for a model that resizes the images (the
 # reference model works at 512 pixels: the same anchors relative to the objects). Ratios are h / w.
-#: The anchor settings of the anchor experiment: name -> ``anchor_scales`` and ``anchor_ratios``.
+#: Anchor settings of the anchor experiment, by name, each with ``anchor_scales`` and ``anchor_ratios``.
 ANCHOR_SETTINGS = {
     "1 scale (32²), 1 ratio": {"anchor_scales": (2,), "anchor_ratios": (1.0,)},
     "1 scale (64²), 1 ratio": {"anchor_scales": (4,), "anchor_ratios": (1.0,)},

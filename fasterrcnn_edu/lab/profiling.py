@@ -53,11 +53,13 @@ STAGES = ("transform", "backbone", "rpn_head", "proposals", "roi_pool", "roi_hea
 # Our stages grouped as the paper's timing table groups them. Table 5's caption: "Region-wise includes NMS,
 # pooling, fully-connected, and softmax layers", and the RPN's 10 ms are "computing the additional layers":
 # so our `proposals` stage (decode, top-N, NMS) is region-wise, and "proposal" is the RPN head alone.
+#: Our stages grouped like the columns of the paper's Table 5.
 PAPER_GROUPS = {"conv": ("transform", "backbone"), "proposal": ("rpn_head",),
                 "region-wise": ("proposals", "roi_pool", "roi_head", "postprocess")}
 
 # Table 5 of the journal/arXiv version (Ren et al., TPAMI 2017), ms per image on a K40 GPU
 # (Selective Search runs on the CPU). Rows: conv, proposal, region-wise; total and rate as printed.
+#: Table 5 of the paper, ms per image on a K40 GPU, by system.
 PAPER_TABLE5_MS = {
     "SS + Fast R-CNN (VGG-16)": {"conv": 146, "proposal": 1510, "region-wise": 174, "total": 1830, "fps": 0.5},
     "RPN + Fast R-CNN (VGG-16)": {"conv": 141, "proposal": 10, "region-wise": 47, "total": 198, "fps": 5},
