@@ -24,8 +24,9 @@ code does. `Config.difficult` says what happens to VOC difficult / COCO crowd ob
 Every trainer of the package and of the book's lab goes through one loop, `run_stage`: it owns
 the learning-rate schedule and warm-up, the bias learning-rate multiplier, mixed precision and
 gradient scaling, logging, checkpoints and the non-finite-loss stop. Everything needed to
-continue a run exactly (weights, optimiser, stage and step, sampling RNG) is checkpointed; the
-data order and flips are pure functions of (seed, stage, step).
+continue a run exactly (weights, optimiser, stage and step, and every process's random states:
+sampling, torch's global generator, CUDA's) is checkpointed, and `resumable_state` checks all of it
+before a resumed run starts; the data order and flips are pure functions of (seed, stage, step).
 """
 from __future__ import annotations
 
@@ -529,7 +530,8 @@ def resumable_state(path: str | Path, mode: str, cfg: Config, nets: dict[str, nn
     stages = len(STEPS[mode])
     index, step = state.get("stage_index"), state.get("stage_step")
     if not _is_count(index) or index > stages:
-        refuse(f"stage_index must be an integer in 0..{stages} (the {mode} mode has {stages} stages), "
+        plural = "s" if stages > 1 else ""
+        refuse(f"stage_index must be an integer in 0..{stages} (the {mode} mode has {stages} stage{plural}), "
                f"got {_short(index)}")
     if not _is_count(step) or (index == stages and step != 0):
         refuse(f"stage_step must be an integer >= 0 (0 once every stage is done), got {_short(step)}")
