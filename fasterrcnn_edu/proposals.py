@@ -49,7 +49,9 @@ def generate_proposals(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     scores = torch.where(small_box_mask(boxes, min_size), scores, torch.full_like(scores, -1.0))
 
     # A stable sort, not topk(): equal scores (common once the RPN saturates) keep anchor order, so the
-    # proposals do not depend on topk's unspecified tie order, which differs between devices.
+    # pre-NMS top-N does not depend on topk's unspecified tie order, which differs between devices.
+    # (After it, torchvision's CUDA NMS kernel sorts again without the stable flag: on CUDA the
+    # proposals of equal score may still come out in another order than on the CPU; see nms.py.)
     top_scores, top_index = torch.sort(scores, dim=1, descending=True, stable=True)
     top_scores, top_index = top_scores[:, :pre_nms_top_n], top_index[:, :pre_nms_top_n]    # (B, N)
     top_boxes = boxes.gather(1, top_index[..., None].expand(-1, -1, 4))

@@ -229,8 +229,8 @@ class RoIHeads(nn.Module):
                     ) -> list[dict[str, Tensor]]:
         """Class-specific boxes → score threshold → per-class NMS (0.3) → top 100, per image."""
         cfg = self.cfg
-        probs = F.softmax(logits.float(), dim=-1)[:, 1:]                            # (R, K)
-        boxes = piece("decode", decode)(torch.cat(proposals)[:, None, :], deltas, cfg.box_coder_std)   # (R, K, 4)
+        probs, boxes = self.class_boxes(logits, deltas, proposals)                   # (R, K+1), (R, K, 4)
+        probs = probs[:, 1:]                                                        # (R, K): no background
         num_classes = probs.shape[1]
         results = []
         for image_probs, image_boxes, size in zip(probs.split([len(p) for p in proposals]),
@@ -249,7 +249,7 @@ class RoIHeads(nn.Module):
         column 0, and one box per foreground class (ΣR_b, K, 4), each proposal decoded with that class's
         deltas (Eq. 2, divided by `box_coder_std`), in resized-image pixels, not clipped yet.
 
-        logits, deltas: from `classify(features, proposals)`. `postprocess` starts from the same boxes.
+        logits, deltas: from `classify(features, proposals)`. `postprocess` starts from these boxes.
         """
         probs = F.softmax(logits.float(), dim=-1)
         return probs, piece("decode", decode)(torch.cat(proposals)[:, None, :], deltas, self.cfg.box_coder_std)

@@ -24,11 +24,13 @@ code does. `Config.difficult` says what happens to VOC difficult / COCO crowd ob
 Every trainer of the package and of the book's lab goes through one loop, `run_stage`: it owns
 the learning-rate schedule and warm-up, the bias learning-rate multiplier, mixed precision and
 gradient scaling, logging, checkpoints and the non-finite-loss stop. Everything needed to
-continue a run exactly (weights, optimiser, stage and step, sampling RNG) is checkpointed; the
-data order and flips are pure functions of (seed, stage, step).
+continue a run exactly (weights, optimiser, stage and step, and every process's random states:
+sampling, torch's global generator, CUDA's) is checkpointed, and `resumable_state` checks all of it
+before a resumed run starts; the data order and flips are pure functions of (seed, stage, step).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
@@ -312,7 +314,7 @@ def run_stage(stage: Stage, dataset, cfg: Config, device: torch.device | str = "
               state: StageState | None = None, amp: str | None = None, log_every: int = 20,
               progress: bool = False, rank: int = 0, world_size: int = 1,
               checkpoint: Callable[[int, torch.optim.Optimizer | None, list[dict], float], None] | None = None,
-              checkpoint_every: int = 500, stop_after: int | None = None) -> tuple[list[dict], bool]:
+              checkpoint_every: int = 500) -> list[dict]:
     """Train one stage: SGD over `stage.schedule.iterations` mini-batches of `dataset`.
 
     The one training loop of the package: lr schedule with warm-up (`learning_rate`), bias lr
@@ -321,8 +323,7 @@ def run_stage(stage: Stage, dataset, cfg: Config, device: torch.device | str = "
     `log_every` steps, `checkpoint(next_step, optimizer, log, seconds)` every `checkpoint_every`
     steps and at the end, and a `NonFiniteLossError` at the first NaN/inf loss, raised before any
     checkpoint of that step is written. Backward runs on the sum of the terms named "loss*";
-    other terms are logged only. stop_after: stop after this step count of the stage (tests).
-    Returns (the log, including earlier records from `state.log`; whether it stopped early).
+    other terms are logged only. Returns the log, including earlier records from `state.log`.
     """
     device = torch.device(device)
     state = state or StageState()
@@ -335,48 +336,63 @@ def run_stage(stage: Stage, dataset, cfg: Config, device: torch.device | str = "
     optimizer = torch.optim.SGD(parameter_groups(stage.params, cfg), lr=stage.schedule.lr, momentum=cfg.momentum)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
-    loss_module = _wrap_for_ddp(stage.loss, device) if world_size > 1 else stage.loss
-    bar = _progress(stage, state.first_step, progress and rank == 0)
-    pending: list[tuple[int, dict[str, Tensor]]] = []
-    stopped = False
-    for step in range(state.first_step, stage.schedule.iterations):
-        lr = learning_rate(step, stage.schedule, cfg.warmup_iterations)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-        images, targets = load_batch(dataset, step, cfg, state.stage_index, device, rank, world_size,
-                                     stage.images_per_batch, proposals)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            losses = loss_module(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(v for k, v in losses.items() if k.startswith("loss"))).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        pending.append((step, {k: v.detach().float() for k, v in losses.items()}))
-        last = step + 1 == stage.schedule.iterations
-        stopped = stop_after is not None and step + 1 >= stop_after and not last
-        save_now = checkpoint is not None and (last or stopped or (step + 1) % checkpoint_every == 0)
-        if len(pending) >= log_every or last or stopped or save_now:
-            # The only host synchronisation: it also checks every pending loss before a checkpoint.
-            record = flush_log(pending, stage.name, lr, time.perf_counter() - t0)
-            log.append(record)
-            pending = []
-            if bar is not None:
-                bar.update(record["step"] + 1 - bar.n)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")})
-        if save_now:
-            checkpoint(step + 1, None if last else optimizer, log, time.perf_counter() - t0)
-        if stopped:
-            break
-    if bar is not None:
-        bar.close()
-    return log, stopped
+    # Under DDP only the stage's parameters require grad: DDP then synchronises just those.
+    with _only_trained_require_grad(stage, enabled=world_size > 1):
+        loss_module = _wrap_for_ddp(stage.loss, device) if world_size > 1 else stage.loss
+        bar = _progress(stage, state.first_step, progress and rank == 0)
+        pending: list[tuple[int, dict[str, Tensor]]] = []
+        for step in range(state.first_step, stage.schedule.iterations):
+            lr = learning_rate(step, stage.schedule, cfg.warmup_iterations)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+            images, targets = load_batch(dataset, step, cfg, state.stage_index, device, rank, world_size,
+                                         stage.images_per_batch, proposals)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = loss_module(images, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(sum(v for k, v in losses.items() if k.startswith("loss"))).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            pending.append((step, {k: v.detach().float() for k, v in losses.items()}))
+            last = step + 1 == stage.schedule.iterations
+            save_now = checkpoint is not None and (last or (step + 1) % checkpoint_every == 0)
+            if len(pending) >= log_every or last or save_now:
+                # The only host synchronisation: it also checks every pending loss before a checkpoint.
+                record = flush_log(pending, stage.name, lr, time.perf_counter() - t0)
+                log.append(record)
+                pending = []
+                if bar is not None:
+                    bar.update(record["step"] + 1 - bar.n)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")})
+            if save_now:
+                checkpoint(step + 1, None if last else optimizer, log, time.perf_counter() - t0)
+        if bar is not None:
+            bar.close()
+        return log
+
+
+@contextlib.contextmanager
+def _only_trained_require_grad(stage: Stage, enabled: bool = True):
+    """While the stage runs, only its own parameters require grad (restored after): DDP buckets and
+    all-reduces every parameter that requires grad, so the RPN steps would otherwise send zero
+    gradients for the detector head (VGG-16's fc6/fc7: ~120M numbers) at every step."""
+    trained = {id(p) for _, p in stage.params}
+    switched = [p for p in stage.loss.parameters() if enabled and p.requires_grad and id(p) not in trained]
+    for p in switched:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in switched:
+            p.requires_grad_(True)
 
 
 def _wrap_for_ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` in DistributedDataParallel. find_unused_parameters: a stage may use only part of it."""
+    """`module` in DistributedDataParallel. Only the stage's parameters require grad
+    (`_only_trained_require_grad`) and the stage's loss uses them all: no unused parameters to find."""
     from torch.nn.parallel import DistributedDataParallel
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(module, device_ids=ids)
 
 
 def flush_log(pending: list[tuple[int, dict[str, Tensor]]], stage_name: str, lr: float, seconds: float) -> dict:
@@ -414,13 +430,12 @@ class TrainResult:
 
 def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path | None = None,
           device: str | torch.device = "cpu", resume: str | Path | None = None, log_every: int = 20,
-          checkpoint_every: int = 500, progress: bool = True, stop_after: int | None = None,
+          checkpoint_every: int = 500, progress: bool = True,
           classes: list[str] | None = None, amp: str | None = None) -> TrainResult:
     """Train a detector on `dataset` (items: image (3,H,W) in [0,1], target dict with boxes/labels).
 
     out_dir: where `checkpoint.pt`, `model.pt` and `log.csv`/`log.jsonl` go (None: nothing saved).
     resume: a `checkpoint.pt` of an interrupted run with the same mode and configuration.
-    stop_after: stop (after checkpointing) once this many steps of the whole run are done — for tests of resume.
     amp: None, "bf16" or "fp16": autocast the networks (boxes and losses stay fp32; fp16 uses a GradScaler).
     Under `torchrun` (an initialised torch.distributed process group) each stage's loss module is
     wrapped in DistributedDataParallel, every rank trains on its own slice of each global batch,
@@ -453,45 +468,46 @@ def train(dataset, cfg: Config, mode: str = "alternating", out_dir: str | Path |
         set_rng_state(saved_rng_states(saved)[rank], generator, device)
         log, elapsed = list(saved["log"]), float(saved["seconds"])
 
-    steps_before = sum(stage.schedule.iterations for stage in replayed[:start_stage])
     for stage_index in range(start_stage, len(STEPS[mode])):
         mid_stage = resume is not None and stage_index == start_stage and start_step > 0
         # The stage a resumed run continues was built by the replay, before its weights were restored;
         # building it again would re-initialise its head (steps 3 and 4) over the restored weights.
         stage = replayed[stage_index] if mid_stage else STEPS[mode][stage_index](nets, cfg)
         first = start_step if stage_index == start_stage else 0
-
-        def write_checkpoint(next_step, optimizer, stage_log, seconds, stage_index=stage_index, stage=stage):
-            # Every rank's RNG state, gathered on every rank (a collective), so that each continues
-            # its own random stream on --resume; rank 0 alone writes the file.
-            states = rng_states(generator, device, world_size)
-            if out is None:
-                return
-            # Where a resumed run continues: the next step, or the start of the next stage.
-            done = next_step >= stage.schedule.iterations
-            save_checkpoint({"mode": mode, "stage_index": stage_index + 1 if done else stage_index,
-                             "stage_step": 0 if done else next_step,
-                             "networks": {k: v.state_dict() for k, v in nets.items()},
-                             "optimizer": None if optimizer is None else optimizer.state_dict(),
-                             "rng": states, "world_size": world_size, "log": stage_log, "seconds": seconds,
-                             "config": cfg.to_dict(), "classes": classes}, out / "checkpoint.pt")
-
-        remaining = None if stop_after is None else stop_after - steps_before
+        write = (None if out is None and world_size == 1 else
+                 _checkpoint_writer(None if out is None else out / "checkpoint.pt", mode, stage_index, stage, nets,
+                                    generator, device, world_size, cfg, classes))
         state = StageState(stage_index, first, optimizer_state if mid_stage else None, log, elapsed)
-        log, stopped = run_stage(stage, dataset, cfg, device, state=state, amp=amp, log_every=log_every,
-                                 progress=progress, rank=rank, world_size=world_size,
-                                 checkpoint=write_checkpoint if out is not None or world_size > 1 else None,
-                                 checkpoint_every=checkpoint_every,
-                                 stop_after=None if remaining is None else max(1, remaining))
+        log = run_stage(stage, dataset, cfg, device, state=state, amp=amp, log_every=log_every, progress=progress,
+                        rank=rank, world_size=world_size, checkpoint=write, checkpoint_every=checkpoint_every)
         elapsed = log[-1]["seconds"] if log else elapsed
-        steps_before += stage.schedule.iterations
-        if stopped or (remaining is not None and remaining <= stage.schedule.iterations):
-            return TrainResult(final_model(mode, nets), log, elapsed, out)
     model = final_model(mode, nets).eval()
     if out is not None:
         save_model(model, out / "model.pt", cfg, classes, {"mode": mode, "train_seconds": elapsed})
         write_log(log, out)
     return TrainResult(model, log, elapsed, out)
+
+
+def _checkpoint_writer(path: Path | None, mode: str, stage_index: int, stage: Stage, nets: dict,
+                       generator: torch.Generator, device: torch.device, world_size: int, cfg: Config,
+                       classes: list[str]) -> Callable:
+    """`run_stage`'s checkpoint(next_step, optimizer, log, seconds) for stage `stage_index` of a run.
+
+    With several processes every rank gets one (path None but on rank 0): each call gathers every
+    rank's random states, a collective, so that each rank continues its own streams on --resume."""
+    def write(next_step: int, optimizer: torch.optim.Optimizer | None, stage_log: list[dict], seconds: float) -> None:
+        states = rng_states(generator, device, world_size)
+        if path is None:
+            return
+        # Where a resumed run continues: the next step, or the start of the next stage.
+        done = next_step >= stage.schedule.iterations
+        save_checkpoint({"mode": mode, "stage_index": stage_index + 1 if done else stage_index,
+                         "stage_step": 0 if done else next_step,
+                         "networks": {k: v.state_dict() for k, v in nets.items()},
+                         "optimizer": None if optimizer is None else optimizer.state_dict(),
+                         "rng": states, "world_size": world_size, "log": stage_log, "seconds": seconds,
+                         "config": cfg.to_dict(), "classes": classes}, path)
+    return write
 
 
 def config_differences(saved: dict, cfg: Config) -> list[str]:
@@ -529,7 +545,8 @@ def resumable_state(path: str | Path, mode: str, cfg: Config, nets: dict[str, nn
     stages = len(STEPS[mode])
     index, step = state.get("stage_index"), state.get("stage_step")
     if not _is_count(index) or index > stages:
-        refuse(f"stage_index must be an integer in 0..{stages} (the {mode} mode has {stages} stages), "
+        plural = "s" if stages > 1 else ""
+        refuse(f"stage_index must be an integer in 0..{stages} (the {mode} mode has {stages} stage{plural}), "
                f"got {_short(index)}")
     if not _is_count(step) or (index == stages and step != 0):
         refuse(f"stage_step must be an integer >= 0 (0 once every stage is done), got {_short(step)}")

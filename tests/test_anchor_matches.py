@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 from fasterrcnn_edu.anchors import base_anchors, grid_anchors
-from fasterrcnn_edu.boxes import box_iou, decode
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.labeling import POSITIVE, label_anchors, match_anchors, pad_ground_truth
 from fasterrcnn_edu.roi_heads import FastRCNNPredictor, RoIHeads
@@ -42,16 +41,23 @@ def test_match_anchors_rule_1_counts_ties_and_ignores_outside_anchors():
     assert not matches.above.any()
 
 
-def test_class_boxes_are_the_boxes_postprocess_starts_from():
-    cfg = Config.book(num_classes=3)
+def test_postprocess_keeps_the_class_boxes_and_probabilities_it_is_given_when_nothing_is_filtered():
+    """With no score threshold, no suppression (IoU > 1 never happens) and room for every box,
+    `postprocess` returns exactly the clipped `class_boxes` of every (proposal, class) pair."""
+    cfg = Config.book(num_classes=3, score_thresh=0.0, det_nms_thresh=1.0, detections_per_img=1000)
     heads = RoIHeads(nn.Identity(), FastRCNNPredictor(4, 3), cfg, spatial_scale=1 / 16)
     proposals = [torch.tensor([[10.0, 10, 50, 50], [20, 30, 90, 60]]), torch.tensor([[0.0, 0, 30, 40]])]
-    logits, deltas = torch.randn(3, 3), torch.randn(3, 2, 4) * 0.1
+    logits, deltas = torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(3, 2, 4)
+    deltas[0, 1] = torch.tensor([20.0, 0.0, 0.0, 0.0])       # class 2 of proposal 0 moves right, past the image
     probs, boxes = heads.class_boxes(logits, deltas, proposals)
-    assert probs.shape == (3, 3) and boxes.shape == (3, 2, 4)
     torch.testing.assert_close(probs, torch.softmax(logits, dim=-1))
-    torch.testing.assert_close(boxes, decode(torch.cat(proposals)[:, None], deltas, cfg.box_coder_std))
-    # with a zero delta a class box is its proposal
-    _, same = heads.class_boxes(logits, torch.zeros_like(deltas), proposals)
-    torch.testing.assert_close(same, torch.cat(proposals)[:, None].expand(-1, 2, -1))
-    assert box_iou(same[:, 0], torch.cat(proposals)).diagonal().allclose(torch.ones(3))
+    detections = heads.postprocess(logits, deltas, proposals, torch.tensor([[100, 100], [100, 100]]))
+    assert [len(d["boxes"]) for d in detections] == [4, 2]
+    image_of = [0, 0, 1]
+    for r in range(3):
+        for k in range(2):
+            det = detections[image_of[r]]
+            match = (det["labels"] == k + 1) & (det["scores"] == probs[r, k + 1])
+            assert match.sum() == 1
+            torch.testing.assert_close(det["boxes"][match][0], boxes[r, k].clamp(0, 100))
+    assert detections[0]["boxes"][:, 2].max() == 100.0          # the moved box was clipped at the edge

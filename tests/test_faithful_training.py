@@ -16,14 +16,13 @@ from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.inference import predict_proposals
 from fasterrcnn_edu.labeling import IGNORED, NEGATIVE, POSITIVE, label_anchors
 from fasterrcnn_edu.model import FasterRCNN
-from fasterrcnn_edu.roi_heads import FastRCNNPredictor, sample_rois
-from fasterrcnn_edu.rpn import RPNHead
+from fasterrcnn_edu.roi_heads import sample_rois
 from fasterrcnn_edu.transforms import hflip_boxes
 from fasterrcnn_edu.training import (StageLoss, build_networks, load_batch, parameter_groups,
                                      step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen, train,
                                      trainable, training_target)
 
-from test_training import TinyShapes, snapshot, tiny_config
+from test_training import TinyShapes, snapshot, tiny_config, train_until_killed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,15 +138,31 @@ def _after_step2(cfg: Config) -> dict:
     return nets
 
 
+def _assert_fresh(layer: torch.nn.Module, std: float) -> None:
+    """Fresh as the released code initialises it: zero-mean Gaussian weights of `std`, zero biases."""
+    weight = layer.weight.detach()
+    assert abs(weight.std().item() - std) < 0.1 * std and abs(weight.mean().item()) < 0.1 * std
+    assert not layer.bias.any()
+
+
 def test_step3_trains_a_fresh_rpn_head_on_the_frozen_detector_features():
     cfg = tiny_config()
     nets = _after_step2(cfg)
+    torch.manual_seed(123)                                    # the global RNG plays no part
     stage = step3_rpn_frozen(nets, cfg)
-    fresh = RPNHead(128, cfg.rpn_channels, 9)
-    fresh.reset_parameters(torch.Generator().manual_seed(cfg.seed * 1000 + 3))
     head = nets["shared"].rpn.head
-    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), fresh.state_dict().values()))
+    _assert_fresh(head.conv, 0.01)
+    _assert_fresh(head.cls, 0.01)
     assert not torch.equal(head.cls.weight, nets["rpn"].rpn.head.cls.weight)
+    # The fresh head is a function of the seed alone: the same seed gives it again, another seed not.
+    torch.manual_seed(456)
+    again = _after_step2(cfg)
+    step3_rpn_frozen(again, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(),
+                                                 again["shared"].rpn.head.state_dict().values()))
+    other = _after_step2(cfg.replace(seed=1))
+    step3_rpn_frozen(other, cfg.replace(seed=1))
+    assert not torch.equal(head.conv.weight, other["shared"].rpn.head.conv.weight)
     assert not any(p.requires_grad for p in nets["shared"].backbone.parameters())
     assert {id(p) for _, p in stage.params} == {id(p) for p in nets["shared"].rpn.parameters()}
 
@@ -171,9 +186,12 @@ def test_step4_reinitialises_only_the_predictor(reinit):
     same = all(torch.equal(predictor[k], v) for k, v in heads.predictor.state_dict().items())
     assert same != reinit
     if reinit:
-        fresh = FastRCNNPredictor(heads.predictor.cls_score.in_features, cfg.num_classes)
-        fresh.reset_parameters(torch.Generator().manual_seed(cfg.seed * 1000 + 4))
-        assert torch.equal(heads.predictor.cls_score.weight, fresh.cls_score.weight)
+        _assert_fresh(heads.predictor.cls_score, 0.01)
+        _assert_fresh(heads.predictor.bbox_pred, 0.001)
+        again = _after_step2(cfg)
+        torch.manual_seed(789)                                # the global RNG plays no part
+        step4_detector_frozen(again, cfg)
+        assert torch.equal(heads.predictor.bbox_pred.weight, again["shared"].roi_heads.predictor.bbox_pred.weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,9 +252,9 @@ def test_biases_train_at_twice_the_learning_rate_without_weight_decay():
 # ---------------------------------------------------------------------------------------------
 # Resume
 # ---------------------------------------------------------------------------------------------
-def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, monkeypatch):
     cfg = tiny_config(4)
-    train(TinyShapes(), cfg, "alternating", tmp_path, progress=False, log_every=1, stop_after=3)
+    train_until_killed(monkeypatch, 3, TinyShapes(), cfg, "alternating", tmp_path, progress=False, log_every=1)
     other = cfg.replace(rpn_lambda=1.0, stage_det2=StageSchedule(9, 0.005, 8))
     with pytest.raises(CheckpointError, match=r"rpn_lambda: 10\.0 -> 1\.0.*stage_det2"):
         train(TinyShapes(), other, "alternating", tmp_path, progress=False, resume=tmp_path / "checkpoint.pt")

@@ -80,6 +80,47 @@ def test_cli_under_torchrun_trains_data_parallel_with_one_set_of_outputs(tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------
+# Issue 20, E3: each stage synchronises only the parameters it trains
+# ---------------------------------------------------------------------------------------------
+class RecordingDDP(torch.nn.Module):
+    """Stands in for DistributedDataParallel (no process group needed): records which parameters
+    require grad when it wraps the stage's loss (DDP buckets and all-reduces exactly those)."""
+
+    wrapped: list[tuple[set[int], dict]] = []
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__()
+        self.module = module
+        RecordingDDP.wrapped.append(({id(p) for p in module.parameters() if p.requires_grad}, kwargs))
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_under_ddp_each_stage_synchronises_only_the_parameters_it_trains(monkeypatch):
+    from fasterrcnn_edu.config import StageSchedule
+    from fasterrcnn_edu.training import STEPS, StageState, build_networks, run_stage
+    from test_training import TinyShapes
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordingDDP)
+    RecordingDDP.wrapped.clear()
+    one = StageSchedule(1, 0.001, 1)
+    cfg = Config.book(num_classes=3, min_size=96, max_size=128, stage_rpn1=one, stage_det1=one, stage_rpn2=one,
+                      stage_det2=one, warmup_iterations=0)
+    nets = build_networks("alternating", cfg)
+    for index, make in enumerate(STEPS["alternating"]):
+        stage = make(nets, cfg)
+        before = {id(p): p.requires_grad for net in nets.values() for p in net.parameters()}
+        run_stage(stage, TinyShapes(), cfg, state=StageState(index), world_size=2)
+        synchronised, options = RecordingDDP.wrapped[-1]
+        assert synchronised == {id(p) for _, p in stage.params}, stage.name
+        assert not options.get("find_unused_parameters", False)
+        # Afterwards every parameter requires grad as before (the next stage picks its own).
+        assert before == {id(p): p.requires_grad for net in nets.values() for p in net.parameters()}
+    assert len(RecordingDDP.wrapped) == 4
+
+
+# ---------------------------------------------------------------------------------------------
 # Issue 25, class 5: WORLD_SIZE without torchrun, a peer that stops, and exact resume of a 2-process run
 # ---------------------------------------------------------------------------------------------
 def test_world_size_without_torchrun_is_one_line_naming_torchrun(monkeypatch, tmp_path, capsys):

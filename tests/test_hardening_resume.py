@@ -100,7 +100,7 @@ def _damage(state: dict, how: str) -> dict:
 
 
 @pytest.mark.parametrize("how, message", [
-    ("stage_index missing", r"stage_index must be an integer in 0\.\.1 \(the joint mode has 1 stages\), got None"),
+    ("stage_index missing", r"stage_index must be an integer in 0\.\.1 \(the joint mode has 1 stage\), got None"),
     ("stage_index text", r"stage_index must be an integer in 0\.\.1 .*got '0'"),
     ("stage_index too large", r"stage_index must be an integer in 0\.\.1 .*got 7"),
     ("stage_step past the stage", r"stage_step 99 is past the end of stage joint \(4 iterations\)"),

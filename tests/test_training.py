@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from fasterrcnn_edu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.checkpoint import load_model
+from fasterrcnn_edu import training
 from fasterrcnn_edu.training import STEPS, NonFiniteLossError, build_networks, run_stage, train
 
 
@@ -35,6 +36,29 @@ class TinyShapes:
 
 class Payload:
     """Any pickled object could run code when loaded: weights_only refuses it."""
+
+
+class Killed(Exception):
+    """Stands for the process dying (SIGKILL, power loss) in the middle of a run."""
+
+
+def train_until_killed(monkeypatch, steps: int, *args, **kwargs) -> None:
+    """`train(*args, **kwargs)` killed when it asks for the batch of step `steps + 1` of the whole
+    run, with a checkpoint after every step: what an interrupted run leaves behind."""
+    calls = 0
+    load_batch = training.load_batch
+
+    def loading(*a, **k):
+        nonlocal calls
+        calls += 1
+        if calls > steps:
+            raise Killed
+        return load_batch(*a, **k)
+
+    monkeypatch.setattr(training, "load_batch", loading)
+    with pytest.raises(Killed):
+        train(*args, checkpoint_every=1, **kwargs)
+    monkeypatch.setattr(training, "load_batch", load_batch)
 
 
 def tiny_config(iterations: int = 3, **overrides) -> Config:
@@ -91,11 +115,11 @@ def test_modes_train_save_and_load(tmp_path, mode):
     assert set(out) == {"boxes", "labels", "scores"}
 
 
-def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path):
+def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path, monkeypatch):
     cfg = tiny_config(4)
     full = train(TinyShapes(), cfg, "alternating", tmp_path / "full", progress=False, log_every=1)
-    # Stop in the middle of step 2 (the detector stage), then resume from the checkpoint.
-    train(TinyShapes(), cfg, "alternating", tmp_path / "cut", progress=False, log_every=1, stop_after=6)
+    # Killed in the middle of step 2 (the detector stage), then resumed from the checkpoint.
+    train_until_killed(monkeypatch, 6, TinyShapes(), cfg, "alternating", tmp_path / "cut", progress=False, log_every=1)
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (state["stage_index"], state["stage_step"]) == (1, 2)
     resumed = train(TinyShapes(), cfg, "alternating", tmp_path / "cut", progress=False, log_every=1,

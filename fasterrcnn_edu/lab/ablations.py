@@ -499,7 +499,7 @@ def finetune_steps_3_4(model: FasterRCNN, dataset, device="cpu", progress: bool 
     log, t0 = [], time.perf_counter()
     for stage_index, make in ((2, step3_rpn_frozen), (3, step4_detector_frozen)):
         stage = make(nets, cfg)
-        log, _ = run_stage(stage, dataset, cfg, device, state=StageState(stage_index, log=log),
+        log = run_stage(stage, dataset, cfg, device, state=StageState(stage_index, log=log),
                            log_every=log_every, progress=progress)
     model.eval()
     return log, time.perf_counter() - t0

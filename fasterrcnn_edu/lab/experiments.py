@@ -86,7 +86,7 @@ def train_rpn(dataset, cfg: Config | None = None, steps: int = 200, lr: float | 
     stage = Stage("rpn", StageLoss(model, "rpn"), trainable(model.backbone, model.rpn),
                   StageSchedule(steps, base_lr, max(1, int(0.8 * steps))), cfg.images_per_batch)
     start = time.perf_counter()
-    log, _ = run_stage(stage, dataset, cfg, device, log_every=log_every)
+    log = run_stage(stage, dataset, cfg, device, log_every=log_every)
     return RPNRun(model.eval(), log, time.perf_counter() - start)
 
 

@@ -107,7 +107,7 @@ def pretrain_backbone(dataset, cfg: Config, steps: int = 1500, images_per_step: 
     loss = CropLoss(model, cfg, crop_size, torch.Generator().manual_seed(seed))
     stage = Stage("pre-train backbone", loss, trainable(model), StageSchedule(steps, lr, max(1, int(0.8 * steps))),
                   images_per_step)
-    log, _ = run_stage(stage, dataset, cfg, device, log_every=20, progress=progress)
+    log = run_stage(stage, dataset, cfg, device, log_every=20, progress=progress)
     backbone = model.backbone.cpu()
     if out_path is not None:
         save_backbone(backbone, out_path)

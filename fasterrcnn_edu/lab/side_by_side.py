@@ -65,7 +65,7 @@ def train_pair(models: dict[str, nn.Module], dataset, cfg: Config, device: torch
         stage = Stage(f"joint ({name})", StageLoss(model, "joint"), trainable(model), cfg.joint,
                       cfg.images_per_batch)
         start = time.perf_counter()
-        records, _ = run_stage(stage, dataset, cfg, device, log_every=log_every, progress=progress)
+        records = run_stage(stage, dataset, cfg, device, log_every=log_every, progress=progress)
         synchronize(device)
         seconds[name] = time.perf_counter() - start
         log += [{"model": name, **record, "loss": sum(v for k, v in record.items() if k.startswith("loss"))}
