@@ -30,7 +30,7 @@ def no_training(monkeypatch):
 
     def fake_train(dataset, cfg, mode, out, device, resume, **kwargs):
         calls.append((cfg, kwargs))
-        return types.SimpleNamespace(model=None, seconds=0.0)
+        return types.SimpleNamespace(model=None, seconds=0.0, log=[])
 
     monkeypatch.setattr("fasterrcnn_edu.training.train", fake_train)
     return calls
