@@ -271,8 +271,9 @@ def train_command(args: argparse.Namespace) -> int:
                        checkpoint_every=args.checkpoint_every, classes=list(dataset.classes), amp=args.amp)
         identical = world_size == 1 or replicas_identical(result.model, rank, world_size)
     if rank == 0:
-        from fasterrcnn_edu.viz import plot_loss_curves, whole_run_steps
-        save_figure(plot_loss_curves(whole_run_steps(result.log)), out / "losses.png")
+        if result.log:                      # the loss curves, from the log train wrote (log.csv)
+            from fasterrcnn_edu.viz import plot_loss_curves, whole_run_steps
+            save_figure(plot_loss_curves(whole_run_steps(result.log)), out / "losses.png")
         print(f"done in {result.seconds:.0f} s: {out / 'model.pt'}, log in {out / 'log.csv'}")
     return 0 if identical else 1
 

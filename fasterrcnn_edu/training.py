@@ -86,7 +86,9 @@ def batch_indices(step: int, batch_size: int, num_images: int, seed: int) -> lis
     out = []
     for position in range(step * batch_size, (step + 1) * batch_size):
         epoch, offset = divmod(position, num_images)
-        order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        # Data order and flips are host decisions: CPU generators, CPU tensors, on every device.
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(num_images, generator=generator, device="cpu")
         out.append(int(order[offset]))
     return out
 
@@ -105,7 +107,7 @@ def load_batch(dataset, step: int, cfg: Config, stage_index: int, device, rank: 
     seed = cfg.seed + 7919 * stage_index
     per_rank = images_per_batch or cfg.images_per_batch
     indices = batch_indices(step, per_rank * world_size, len(dataset), seed)
-    coins = torch.rand(len(indices), generator=torch.Generator().manual_seed(seed * 31 + step))
+    coins = torch.rand(len(indices), generator=torch.Generator().manual_seed(seed * 31 + step), device="cpu")
     indices, coins = indices[rank * per_rank:(rank + 1) * per_rank], coins[rank * per_rank:(rank + 1) * per_rank]
     images, targets = [], []
     for index, coin in zip(indices, coins.tolist()):

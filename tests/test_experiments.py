@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fasterrcnn_edu import Config, FasterRCNN
+from fasterrcnn_edu import losses as losses_module
 from fasterrcnn_edu.lab import experiments
 
 
@@ -66,6 +67,30 @@ def test_proposal_recall_range_and_keys():
         assert 0.0 <= result[key] <= 1.0
     assert result["recall@0.7"] <= result["recall@0.5"]
     assert 0 < result["proposals_per_image"] <= 20
+
+
+@pytest.mark.parametrize("normalization", ["locations", "minibatch"])
+def test_loss_weights_are_the_weights_rpn_losses_applies(normalization):
+    """loss_weights' per-anchor weights are the gradients losses.rpn_losses gives one sampled anchor's
+    box error (a small error: the quadratic part of smooth L1, d/dx 0.5 x² / β = x / β) and its class
+    loss, with the config's 256 sampled anchors on a 16 x 20 feature map."""
+    cfg = Config.book(rpn_reg_normalization=normalization, rpn_smooth_l1_beta=1.0)
+    height, width, k = 16, 20, 9
+    weights = experiments.loss_weights(cfg, (height, width))
+    anchors = height * width * k
+    sampled_pos = torch.zeros(1, anchors, dtype=torch.bool)
+    sampled_neg = torch.zeros(1, anchors, dtype=torch.bool)
+    sampled_pos[0, :64], sampled_neg[0, 64:cfg.rpn_batch_size] = True, True
+    deltas = torch.zeros(1, anchors, 4, requires_grad=True)
+    objectness = torch.zeros(1, anchors, 2, requires_grad=True)
+    target = torch.zeros(1, anchors, 4)
+    target[0, 0, 0] = -0.01                                   # one positive anchor off by 0.01 in x
+    losses = losses_module.rpn_losses(objectness, deltas, target, sampled_pos, sampled_neg, height * width,
+                                      cfg.rpn_lambda, normalization, cfg.rpn_smooth_l1_beta)
+    (losses["loss_rpn_box_reg"] + losses["loss_objectness"]).backward()
+    assert deltas.grad[0, 0, 0].item() == pytest.approx(weights["reg_weight_per_anchor"] * 0.01, rel=1e-5)
+    # Cross-entropy of 2 equal logits: d/d(logit of "object") = p - 1 = -0.5 per sampled positive, / N_cls.
+    assert objectness.grad[0, 0, 1].item() == pytest.approx(-0.5 * weights["cls_weight_per_anchor"], rel=1e-5)
 
 
 def test_loss_weights_paper_and_book():
