@@ -432,7 +432,7 @@ EXERCISES = {
                           "proposals(anchors (A, 4), scores (A,), deltas (A, 4), image_size (H, W), pre_nms_top_n, "
                           "post_nms_top_n, nms_thresh, min_size) -> (boxes (P, 4), scores (P,)), best first"),
     "roi_max_pool": Exercise(roi_cases, roi_reference, compare_roi,
-                             "roi_max_pool(features (C, H, W), roi (4,), output_size, spatial_scale) -> (C, P, P)"),
+                             "roi_max_pool(features, roi, output_size, spatial_scale) -> (C, P, P)"),
     "roi_pool": Exercise(roi_batch_cases, roi_batch_reference, compare_roi_batch,
                          "roi_pool(features (B, C, H, W), rois (R, 5), output_size, spatial_scale) -> (R, C, P, P)"),
     "sample_rois": Exercise(sample_roi_cases, sample_rois_reference, compare_sample_rois,
