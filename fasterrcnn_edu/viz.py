@@ -33,6 +33,7 @@ __all__ = [
     "plot_nms_steps", "mark_cross_class_duplicates",
     "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
     "plot_loss_curves", "whole_run_steps", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
+    "GT_COLOR", "GT_STYLE_COLOR", "POSITIVE_COLOR", "NEGATIVE_COLOR", "SUPPRESSED_COLOR", "SMALL_PT",
 ]
 
 #: Colour of ground-truth boxes when no class is known.
@@ -783,7 +784,7 @@ def _node(ax: Axes, x: float, y: float, title: str, detail: str, kind: str, widt
 
     ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.03,rounding_size=0.08",
                                 facecolor=_STAGE_COLORS[kind], edgecolor="0.3", linewidth=1.0))
-    ax.text(x, y + height * 0.17, title, ha="center", va="center", fontsize=9, fontweight="bold")
+    ax.text(x, y + height * 0.17, title, ha="center", va="center", fontsize=8.5, fontweight="bold")
     ax.text(x, y - height * 0.2, detail, ha="center", va="center", fontsize=SMALL_PT, family="monospace")
     return x - width / 2, x + width / 2, y - height / 2, y + height / 2
 
@@ -810,8 +811,8 @@ def plot_network(model, image_size: tuple[int, int], ax: Axes | None = None, tit
     s = dict(shapes) if shapes is not None else network_shapes(model, image_size)
     ax = _axes(ax, figsize=(4, 8.6))
     k, stride, classes = s["k"], s["stride"], s["num_classes"]
-    w, step = 2.1, 1.3                         # node width; vertical distance between rows
-    main, side = 0.0, 2.45                     # the columns' centres
+    w, step = 2.3, 1.3                         # node width; vertical distance between rows
+    main, side = 0.0, 2.6                      # the columns' centres
     ys = [-step * i for i in range(8)]
     nodes = {
         "image": _node(ax, main, ys[0], "image", f"{_shape(s['resized'])}\n(input {_shape(s['input'][1:])})", "input", w),

@@ -403,6 +403,14 @@ _LINKS_JS = """names => {
         let before = span.previousElementSibling;
         if (before && before.tagName === "A") before = null;
         if (before && before.textContent === "as") return;
+        // sphinx-codeautolink 0.19 links no part of a chain that ends in a dict method of a documented
+        // constant (`profiling.PAPER_TABLE5_MS.items()`): it cannot type the call. Skip such chains.
+        const chain = [];
+        for (let t = span.nextElementSibling; t && (t.textContent === "." || /^n/.test(t.className)); t = t.nextElementSibling)
+            chain.push(t);
+        const next = chain.length ? chain[chain.length - 1].nextElementSibling : null;
+        const last = chain.length ? chain[chain.length - 1].textContent : "";
+        if (["items", "keys", "values", "get"].includes(last) && next && next.textContent.startsWith("(")) return;
         const a = span.closest("a");
         const good = a && /api\\.html#(module-)?fasterrcnn_edu\\./.test(a.getAttribute("href") || "");
         const bucket = good ? linked : unlinked;

@@ -231,3 +231,13 @@ def test_network_shapes_and_diagrams_come_from_the_model():
     ax = viz.plot_rpn_head(model)
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "2k = 18 channels" in texts and "4k = 36 channels" in texts and "128 → 128 ch." in texts
+
+
+@pytest.mark.parametrize("n, ncols, shape", [(4, 2, (2, 2)), (3, 2, (2, 2)), (1, 2, (1, 1)), (5, 3, (2, 3))])
+def test_panels_fit_the_column(n, ncols, shape):
+    fig, axes = viz.panels(n, ncols=ncols, panel=(2.6, 2.0))
+    assert len(axes) == n and all(isinstance(ax, Axes) for ax in axes)
+    assert len(fig.axes) == n                                   # unused cells of the last row are removed
+    assert tuple(fig.get_size_inches()) == pytest.approx((2.6 * shape[1], 2.0 * shape[0]))
+    fig, _ = viz.panels(4)                                      # the default: two 3.9-inch panels per row
+    assert fig.get_size_inches()[0] == pytest.approx(7.8)
