@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "fasterrcnn_edu.lab.side_by_side",      # side-by-side
     "fasterrcnn_edu.lab.error_report",      # errors
     "fasterrcnn_edu.lab.capstone",          # capstone
+    "fasterrcnn_edu.lab.ddp_traffic",       # ddp-traffic
     "fasterrcnn_edu.lab.reproduce",         # reproduce
 )
 

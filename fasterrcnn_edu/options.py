@@ -80,7 +80,7 @@ INPUT_FILES = ("backbone_weights", "resume")
 # listed here is judged by the path: with a suffix (".json") a file, else a folder.
 OUTPUT_KINDS = {"train": "dir", "eval": "dir", "detect": "dir", "pretrain": "file", "lambda-sweep": "file",
                 "ablation": "file", "profile": "file", "bench": "file", "side-by-side": "file", "errors": "file",
-                "capstone": "file"}
+                "capstone": "file", "ddp-traffic": "file"}
 
 
 def output_kind(command: str | None, out: Path) -> str:
