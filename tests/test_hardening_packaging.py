@@ -16,7 +16,8 @@ tomllib = pytest.importorskip("tomllib")        # Python 3.11+
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"PIL": "pillow", "faster_coco_eval": "faster-coco-eval", "cv2": "opencv-contrib-python-headless",
-                 "skimage": "scikit-image"}
+                 "skimage": "scikit-image", "IPython": "ipython",
+                 "matplotlib_inline": "matplotlib-inline"}
 
 
 def _pyproject() -> dict:
