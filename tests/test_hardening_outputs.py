@@ -35,6 +35,7 @@ COMMANDS = {
     "side-by-side": ["side-by-side", "--data", str(SHAPES)],
     "errors": ["errors"],
     "capstone": ["capstone", "--seeds", "0"],
+    "ddp-traffic": ["ddp-traffic"],
 }
 
 
