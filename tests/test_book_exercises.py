@@ -51,7 +51,8 @@ def imports_of(path: Path) -> str:
 
 def checked_cells(path: Path):
     """(cell, [(piece, function name), ...]) for each exercise code cell that calls `check`."""
-    return [(c, CHECK.findall(c.source)) for c in exercise_cells(path) if c.cell_type == "code" and CHECK.search(c.source)]
+    return [(c, CHECK.findall(c.source)) for c in exercise_cells(path)
+            if c.cell_type == "code" and CHECK.search(c.source)]
 
 
 def test_every_chapter_has_the_exercise_section_and_points_to_the_capstone():
@@ -74,7 +75,8 @@ def test_stubs_say_not_written_and_solutions_pass(path):
         assert len(printed) == len(checks), (cell.id, printed)
         if "raise NotImplementedError" in cell.source:        # the reader's stub: shown, and it runs
             assert "hide-input" not in tags, cell.id
-            assert all(line.startswith(f"{piece}: not written yet") for line, (piece, _) in zip(printed, checks)), printed
+            assert all(line.startswith(f"{piece}: not written yet")
+                       for line, (piece, _) in zip(printed, checks)), printed
         else:                                                  # the book's solution: hidden, and it passes
             assert "hide-input" in tags, cell.id
             for line, (piece, fn) in zip(printed, checks):
