@@ -70,6 +70,7 @@ def test_stubs_say_not_written_and_solutions_pass(path):
         with contextlib.redirect_stdout(out):
             exec(compile(cell.source, f"{path.name}:{cell.id}", "exec"), namespace)
         printed = out.getvalue().splitlines()
+        assert "".join("".join(o.get("text", "")) for o in cell.outputs) == out.getvalue(), f"{cell.id}: stale output"
         tags = cell.metadata.get("tags", [])
         assert "nbval-check-output" in tags, cell.id
         assert len(printed) == len(checks), (cell.id, printed)
