@@ -1,6 +1,6 @@
 """The "Write it yourself" exercises of chapters 1-8: each stub runs and is told it is not written yet, each hidden
 solution passes its checker, every piece the book teaches is an exercise somewhere, and each solution is the
-capstone's (book/10_build_your_own.ipynb, mirrored in tests/book_solutions.py), not a second one.
+capstone's (book/10_build_your_own.ipynb, read by tests/book_solutions.py), not a second one.
 
 The exercise cells are run here in a fresh namespace holding only the chapter's imports, so a cell that needs a
 name the chapter computes elsewhere (or an earlier exercise cell it does not follow) fails here."""

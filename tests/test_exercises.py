@@ -39,7 +39,7 @@ def test_package_functions_pass(name, fn, capsys):
 
 
 # --- the book's solutions: tests/test_book_exercises.py runs the hidden solution cells of chapters 1-8 and checks
-# them, tests/test_exercise_checkers.py the capstone's (tests/book_solutions.py) ---
+# them, tests/test_exercise_checkers.py the capstone's (read from the chapter by tests/book_solutions.py) ---
 
 
 # --- wrong answers ------------------------------------------------------------------------------
