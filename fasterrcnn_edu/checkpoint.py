@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts — n
 it loads with `torch.load(weights_only=True)` (`fileio.read_torch_file`); it is written atomically
 (`fileio.atomic_write`), and nothing with NaN or infinite weights is ever written.
 
-Three kinds of file are read, and each reader checks that it got the kind it expects:
+Three kinds of file are read, and each reader checks that it got the kind it expects::
 
     model      `save_model`:           {"format", "kind", "model", "config", "classes", "info"}
     training   `train`'s checkpoint.pt: {"format", "mode", "networks", "optimizer", ..., "config", "classes"}
