@@ -32,8 +32,8 @@ from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.losses import rpn_losses
 
 BACKBONE = "data/backbone_small.pt"
-SETTINGS = {"mode": "joint", "iterations": 200, "lr": 0.01, "lr_step": 160, "warmup_iterations": 50,
-            "train_images": 400, "test_images": 80, "example_images": [0, 1, 2], "top_proposals": 300}
+SETTINGS = {"mode": "joint", "iterations": 300, "lr": 0.01, "lr_step": 240, "warmup_iterations": 75,
+            "train_images": 400, "test_images": 100, "example_images": [0, 1, 2], "top_proposals": 300}
 
 
 # ---------------------------------------------------------------------------------------------
