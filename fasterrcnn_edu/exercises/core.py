@@ -106,6 +106,18 @@ def first_mismatch(expected: Tensor, got: Tensor, atol: float = 1e-4, rtol: floa
     return tuple(int(v) for v in bad.nonzero()[0])
 
 
+def tensor_difference(expected: Tensor, got, what: str, meaning: str = "", atol: float = 1e-4,
+                      rtol: float = 1e-4) -> tuple[Tensor | None, tuple | None, str | None]:
+    """`as_tensor`, `shape_difference` and `first_mismatch` in turn: (the reader's result as a CPU tensor,
+    the index of its first wrong element or None, why it cannot be compared or None)."""
+    got, problem = as_tensor(got, what)
+    if problem is None:
+        problem = shape_difference(expected, got, meaning)
+    if problem is not None:
+        return got, None, problem
+    return got, first_mismatch(expected, got, atol=atol, rtol=rtol), None
+
+
 def indices(got) -> tuple[list[int] | None, str | None]:
     """The reader's result as a list of whole-number indices, or (None, why not)."""
     tensor, problem = as_tensor(got, "a tensor of indices")

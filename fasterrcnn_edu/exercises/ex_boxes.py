@@ -6,8 +6,7 @@ from torch import Tensor
 
 from fasterrcnn_edu.anchors import base_anchors, grid_anchors
 from fasterrcnn_edu.boxes import box_area, box_iou
-from fasterrcnn_edu.exercises.core import (Case, Exercise, as_tensor, boxes, first_mismatch, fmt, random_boxes,
-                                           shape_difference)
+from fasterrcnn_edu.exercises.core import Case, Exercise, as_tensor, boxes, fmt, random_boxes, tensor_difference
 from fasterrcnn_edu.labeling import IGNORED, NEGATIVE, POSITIVE, label_anchors, sample_balanced
 
 
@@ -45,15 +44,10 @@ def iou_reference(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def compare_iou(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "an (N, M) tensor of IoUs")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "an (N, M) tensor of IoUs",
+                                            " (N, M): one row per box of boxes1", atol=1e-5)
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (N, M): one row per box of boxes1")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got, atol=1e-5)
-    if where is None:
-        return None
     i, j = where
     a, b = case.args[0][i], case.args[1][j]
     inter = (torch.minimum(a[2:], b[2:]) - torch.maximum(a[:2], b[:2])).clamp(min=0).prod().item()
@@ -91,15 +85,10 @@ def _describe(box: Tensor) -> str:
 
 
 def compare_base_anchors(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "a (k, 4) tensor of anchors")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "a (k, 4) tensor of anchors",
+                                            " (k, 4), k = len(ratios) × len(scales)")
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (k, 4), k = len(ratios) × len(scales)")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got)
-    if where is None:
-        return None
     a = where[0]
     base_size, ratios, scales = case.args
     text = (f"anchor {a} (ratio {ratios[a // len(scales)]:g}, scale {scales[a % len(scales)]:g}) should be "
@@ -136,15 +125,9 @@ def grid_reference(base, feature_size, stride) -> Tensor:
 
 
 def compare_grid(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "an (H·W·k, 4) tensor of anchors")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "an (H·W·k, 4) tensor of anchors", " (H·W·k, 4)")
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (H·W·k, 4)")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got)
-    if where is None:
-        return None
     row = where[0]
     base, (height, width), stride = case.args
     k = len(base)

@@ -9,7 +9,7 @@ from fasterrcnn_edu.anchors import base_anchors, grid_anchors
 from fasterrcnn_edu.boxes import box_iou
 from fasterrcnn_edu.evaluation import voc_ap
 from fasterrcnn_edu.exercises.core import (Case, Exercise, as_tensor, boxes, first_mismatch, fmt, indices, random_boxes,
-                                           shape_difference)
+                                           shape_difference, tensor_difference)
 from fasterrcnn_edu.labeling import pad_ground_truth
 from fasterrcnn_edu.nms import nms_readable
 from fasterrcnn_edu.proposals import generate_proposals, objectness_scores, proposal_steps
@@ -215,15 +215,9 @@ def _explain_bin(expected: Tensor, got: Tensor, features: Tensor, roi: Tensor, s
 
 
 def compare_roi(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "a (C, P, P) tensor")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "a (C, P, P) tensor", " (C, P, P)", atol=1e-5, rtol=0)
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (C, P, P)")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got, atol=1e-5, rtol=0)
-    if where is None:
-        return None
     features, roi, size, scale = case.args
     return _explain_bin(expected, got, features, roi, size, scale, where)
 
@@ -250,15 +244,10 @@ def roi_batch_reference(features, rois, output_size, spatial_scale) -> Tensor:
 
 
 def compare_roi_batch(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "an (R, C, P, P) tensor")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "an (R, C, P, P) tensor",
+                                            " (R, C, P, P): one pooled map per RoI", atol=1e-5, rtol=0)
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (R, C, P, P): one pooled map per RoI")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got, atol=1e-5, rtol=0)
-    if where is None:
-        return None
     features, rois, size, scale = case.args
     r = where[0]
     image = int(rois[r, 0])

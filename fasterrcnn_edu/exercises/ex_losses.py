@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from fasterrcnn_edu.boxes import decode, encode
-from fasterrcnn_edu.exercises.core import Case, Exercise, as_tensor, boxes, first_mismatch, fmt, random_boxes, shape_difference
+from fasterrcnn_edu.exercises.core import Case, Exercise, as_tensor, boxes, fmt, random_boxes, tensor_difference
 from fasterrcnn_edu.losses import rpn_losses
 
 T_NAMES = ("t_x", "t_y", "t_w", "t_h")
@@ -39,15 +39,10 @@ def encode_cases() -> list[Case]:
 
 
 def compare_encode(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "an (N, 4) tensor of targets")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "an (N, 4) tensor of targets",
+                                            " (N, 4): (t_x, t_y, t_w, t_h) per box")
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (N, 4): (t_x, t_y, t_w, t_h) per box")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got)
-    if where is None:
-        return None
     i, j = where
     reference, box = case.args[0][i], case.args[1][i]
     r, b = _centres(reference), _centres(box)
@@ -80,15 +75,10 @@ def decode_cases() -> list[Case]:
 
 
 def compare_decode(case: Case, expected: Tensor, got) -> str | None:
-    got, problem = as_tensor(got, "an (N, 4) tensor of boxes")
-    if problem:
+    got, where, problem = tensor_difference(expected, got, "an (N, 4) tensor of boxes",
+                                            " (N, 4): x1, y1, x2, y2 per box")
+    if problem or where is None:
         return problem
-    difference = shape_difference(expected, got, " (N, 4): x1, y1, x2, y2 per box")
-    if difference:
-        return difference
-    where = first_mismatch(expected, got)
-    if where is None:
-        return None
     i, _ = where
     reference, delta = case.args[0][i], case.args[1][i]
     e, o = _centres(expected[i]), _centres(got[i])
