@@ -202,8 +202,14 @@ def test_a_target_runs_end_to_end_and_is_recorded(tmp_path, monkeypatch, capsys)
     assert reproduce.run_targets(["fake"], tmp_path, manifest_path) == 0
     assert calls == [0.5, 0.5, 0.5]
 
-    # --compare: the new headline number against the manifest's, within the measured spread if there is one.
+    # --compare on an up-to-date target runs nothing: it says so and how to force a comparison.
     capsys.readouterr()
+    assert reproduce.run_targets(["fake"], tmp_path, manifest_path, compare=True) == 0
+    said = capsys.readouterr().out
+    assert calls == [0.5, 0.5, 0.5] and "nothing ran, so nothing was compared" in said
+    assert "reproduce fake --force --compare" in said
+
+    # --compare: the new headline number against the manifest's, within the measured spread if there is one.
     monkeypatch.setattr(reproduce, "TARGETS", (_fake_target(calls, 0.6),))
     assert reproduce.run_targets(["fake"], tmp_path, manifest_path, force=True, compare=True) == 0
     assert "differs by +0.1 (run-to-run spread not measured yet)" in capsys.readouterr().out

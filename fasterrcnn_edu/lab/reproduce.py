@@ -959,7 +959,13 @@ def run_targets(names: Sequence[str], root: Path, manifest_path: Path, force: bo
         entry = manifest["targets"].get(target.name)
         bar.set_postfix_str(f"{target.name}, estimated {_estimate(entry)}")
         if not force and up_to_date(root, target, entry):
-            tqdm.write(f"{target.name}: up to date (inputs, outputs and commands match {MANIFEST}); --force re-runs it")
+            if compare:   # nothing ran, so there is no new number to compare: say so, and how to get one
+                tqdm.write(f"{target.name}: up to date (inputs, outputs and commands match {MANIFEST}): nothing ran, "
+                           f"so nothing was compared; `python -m fasterrcnn_edu reproduce {target.name} --force "
+                           "--compare` re-runs it and compares its headline numbers")
+            else:
+                tqdm.write(f"{target.name}: up to date (inputs, outputs and commands match {MANIFEST}); "
+                           "--force re-runs it")
             continue
         tqdm.write(f"== {target.name}: {target.what} (estimated {_estimate(entry)})")
         for dep in target.depends:
