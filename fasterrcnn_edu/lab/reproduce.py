@@ -228,23 +228,6 @@ def assemble_image_scale(root: Path) -> None:
     write_json(round_floats(report), root / "data/experiments/image_scale.json")
 
 
-# RoI pooling, the recipe's third choice: the 512-pixel joint run of image-scale again with RoIAlign, on val.
-ROI_POOL_RUN = (_train("joint", "runs/choice_joint512_align", *SCALE_512, "--set", "roi_pool=align", "--threads", "1",
-                       split=CHOICE_TRAIN), _eval("runs/choice_joint512_align", CHOICE_EVAL))
-ROI_POOL_NOTE = ("The reference recipe's RoI pooling, chosen on val: max is image_scale.json's scaled_512 run (RoI max "
-                 "pooling, the book preset's), align the same command with --set roi_pool=align; both trained on the "
-                 "1600 train images and evaluated on the 400 val images. Assembled by `python -m fasterrcnn_edu "
-                 "reproduce roi-pool`.")
-
-
-def assemble_roi_pool(root: Path) -> None:
-    """data/experiments/roi_pool.json: RoI max pooling (from image_scale.json) against RoIAlign, both on val."""
-    image_scale = _read_json(root / "data/experiments/image_scale.json")
-    report = {"_note": ROI_POOL_NOTE, "train_split": CHOICE_TRAIN, "split": CHOICE_EVAL,
-              "max": image_scale["scaled_512"], "align": run_summary(root, *ROI_POOL_RUN)}
-    write_json(round_floats(report), root / "data/experiments/roi_pool.json")
-
-
 SPREAD = "data/experiments/spread.json"
 SIDE_BY_SIDE = "data/experiments/side_by_side.json"
 SPREAD_REPEATS = {   # the same commands again, same seeds, same machine: how much does a repeat move?
@@ -541,15 +524,6 @@ TARGETS: tuple[Target, ...] = (
                      "data/experiments/image_scale.json:scaled_512/voc07_map"),
            recorded_seconds=696, recorded_source="the first edition's image_scale.json: train_seconds of the "
                                                  "512-pixel joint run (evaluation not included)"),
-    Target("roi-pool", "the reference recipe's RoI pooling, chosen on val: the 512-pixel joint run with RoIAlign "
-                       "against image-scale's with RoI max pooling",
-           (cli(*ROI_POOL_RUN[0]), cli(*ROI_POOL_RUN[1]),
-            Step(run=assemble_roi_pool, describe="assemble data/experiments/roi_pool.json with image_scale.json's "
-                                                 "scaled_512 run")),
-           inputs=(DATASET, BACKBONE, "data/experiments/image_scale.json"),
-           outputs=("data/experiments/roi_pool.json",), depends=("image-scale",), seeds=(0,), threads=1,
-           headline=("data/experiments/roi_pool.json:max/voc07_map", "data/experiments/roi_pool.json:align/voc07_map"),
-           recorded_seconds=1900, recorded_source="an estimate: image-scale's 512-pixel run took 1737 s"),
     Target("side-by-side", "chapter 9: ours and torchvision's detector trained on the same batches, 3 seeds",
            (cli("side-by-side", "--seeds", "0", "1", "2", "--backbone-weights", BACKBONE, "--out",
                 "data/experiments/side_by_side.json", env=PASSIVE),),
