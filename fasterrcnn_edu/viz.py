@@ -828,7 +828,7 @@ def plot_network(model, image_size: tuple[int, int], ax: Axes | None = None, tit
         "predict": _node(ax, main, ys[7], "cls_score / bbox_pred", f"{_shape(s['scores'])}\n{_shape(s['deltas'])}",
                          "detector", w),
     }
-    det = _node(ax, side, ys[7], "detections", f"{_shape(s['detections'])} boxes\n+ classes, scores", "output", w)
+    det = _node(ax, side, ys[7], "detections", f"D×{s['detections'][-1]} boxes\n+ classes, scores", "output", w)
     bottom = lambda n: ((nodes[n][0] + nodes[n][1]) / 2, nodes[n][2])  # noqa: E731
     top = lambda n: ((nodes[n][0] + nodes[n][1]) / 2, nodes[n][3])     # noqa: E731
     middle = lambda n: (nodes[n][2] + nodes[n][3]) / 2                # noqa: E731

@@ -227,6 +227,8 @@ def test_network_shapes_and_diagrams_come_from_the_model():
     ax = viz.plot_network(model, (256, 320), shapes=shapes)
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "128×16×20" in texts and "18×16×20" in texts and f"{proposals}×128×7×7" in texts
+    # the detections node says D (the count varies per image), not the probe image's count
+    assert "D×4 boxes" in texts and f"{shapes['detections'][0]}×4 boxes" not in texts
 
     ax = viz.plot_rpn_head(model)
     texts = " ".join(t.get_text() for t in ax.texts)
