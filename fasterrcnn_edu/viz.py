@@ -269,6 +269,13 @@ def _group_index(values: np.ndarray, decimals: int = 3) -> tuple[np.ndarray, np.
     return index.reshape(-1), uniques
 
 
+def scale_color(side: float) -> tuple[float, float, float, float]:
+    """The fixed colour of an anchor of this side (sqrt of its area, pixels), the same in every
+    figure whatever the other anchors drawn with it: one tab10 colour per power of two, 32 px
+    blue, 64 orange, 128 green, 256 red, 512 purple (sizes in between take the nearest)."""
+    return class_color(round(np.log2(max(float(side), 1.0))) - 5)
+
+
 def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | None = None,
                  image=None, color_by: str | Sequence[int] | None = "scale") -> Axes:
     """Draw anchors (A, 4) — e.g. the k = 9 anchors of one position — over an image or a blank
@@ -285,8 +292,11 @@ def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | 
     h = anchors[:, 3] - anchors[:, 1]
     names = None
     if color_by == "scale":
+        # colour by size, not by rank among the sizes drawn, so a 128-px anchor looks the same
+        # next to 32 and 64 px ones as next to 256 and 512 px ones
         group, uniques = _group_index(np.sqrt(w * h), 1)
         names = [f"scale {u:g}" for u in uniques]
+        palette = [scale_color(u) for u in uniques]
     elif color_by == "ratio":
         group, uniques = _group_index(h / np.maximum(w, 1e-9), 2)
         names = [f"ratio {u:g}" for u in uniques]
@@ -294,13 +304,15 @@ def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | 
         group = np.zeros(len(anchors), dtype=int)
     else:
         group = np.asarray(color_by, dtype=int).reshape(-1)
-    colors = [class_color(g) for g in group]
+    if color_by != "scale":
+        palette = [class_color(g) for g in range(int(group.max(initial=0)) + 1)]
+    colors = [palette[g] for g in group]
     draw_boxes(ax, anchors, color=colors, linewidth=1.5)
     if centers is not None:
         c = _np(centers).reshape(-1, 2)
         ax.scatter(c[:, 0], c[:, 1], s=12, c="k", marker="o", zorder=3)
     if names is not None:
-        ax.legend(handles=[Line2D([], [], color=class_color(i), label=n) for i, n in enumerate(names)],
+        ax.legend(handles=[Line2D([], [], color=palette[i], label=n) for i, n in enumerate(names)],
                   fontsize=SMALL_PT, loc="upper right")
     _fit_view(ax, anchors, image_size)
     return ax

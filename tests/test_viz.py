@@ -74,6 +74,14 @@ def test_plot_anchors_and_grid():
     assert len(ax.get_legend().get_texts()) == 3              # three scales
     colors = {r.get_edgecolor() for r in _rects(ax)}
     assert len(colors) == 3
+    # a size keeps its colour whatever else is drawn: 128 px as the largest of 32/64/128 and as the
+    # smallest of 128/256/512 (the default anchors above)
+    side = lambda a: round(float(((a[2] - a[0]) * (a[3] - a[1])) ** 0.5))  # noqa: E731
+    small = base_anchors(scales=(2, 4, 8)) + torch.tensor([100.0, 80, 100, 80])
+    colors_128 = {r.get_edgecolor() for boxes in (small, anchors)
+                  for r, a in zip(_rects(viz.plot_anchors(boxes, image_size=(200, 240))), boxes) if side(a) == 128}
+    assert len(colors_128) == 1
+    assert len({viz.scale_color(s) for s in (32, 64, 128, 256, 512)}) == 5
     ax = viz.plot_anchors(anchors, image_size=(200, 240), color_by="ratio", image=torch.rand(3, 200, 240))
     assert len(ax.get_legend().get_texts()) == 3
     # Anchors crossing the border stay visible.
