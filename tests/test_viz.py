@@ -112,7 +112,14 @@ def test_plot_anchor_matches_draws_each_objects_best_anchor_with_its_iou():
     assert tags == sorted(f"{n} {v:.2f}" for n, v in zip("abc", best.tolist()))
     labels = torch.tensor([1, 0, -1, 0])
     ax = viz.plot_anchor_matches(IMAGE, anchors, iou, BOXES, labels=labels, max_negatives=1)
-    assert len(_rects(ax)) == 1 + 1 + 3 + 3                    # positives, negatives (1 of 2), GT, best anchors
+    # labels as centres (outlines of hundreds of positives would merge): only GT and best anchors are boxes
+    assert len(_rects(ax)) == 3 + 3
+    negatives, positives = (c.get_offsets() for c in ax.collections[-2:])
+    np.testing.assert_allclose(positives, [[8, 8]])            # the centre of anchor 0, the one positive
+    assert len(negatives) == 1 and negatives[0].tolist() in ([16, 16], [46, 24])   # 1 of the 2 negatives
+    # the best anchors take one colour that is neither the positive green nor the negative red
+    best = {r.get_edgecolor() for r in _rects(ax) if r.get_linestyle() != "--"}
+    assert best == {matplotlib.colors.to_rgba(viz.BEST_ANCHOR_COLOR)}
 
 
 def test_plot_proposals_top_and_scores():
