@@ -44,6 +44,8 @@ GT_STYLE_COLOR = "white"
 POSITIVE_COLOR = "tab:green"
 #: Colour of negative anchors.
 NEGATIVE_COLOR = "tab:red"
+#: Colour of each object's best anchor where positives and negatives are drawn too (not green or red).
+BEST_ANCHOR_COLOR = "gold"
 #: Colour of boxes that NMS suppressed.
 SUPPRESSED_COLOR = "0.55"
 # The smallest text of any figure (pt). A figure at most 8 inches wide (`panels`) is shown in the
@@ -269,6 +271,13 @@ def _group_index(values: np.ndarray, decimals: int = 3) -> tuple[np.ndarray, np.
     return index.reshape(-1), uniques
 
 
+def scale_color(side: float) -> tuple[float, float, float, float]:
+    """The fixed colour of an anchor of this side (sqrt of its area, pixels), the same in every
+    figure whatever the other anchors drawn with it: one tab10 colour per power of two, 32 px
+    blue, 64 orange, 128 green, 256 red, 512 purple (sizes in between take the nearest)."""
+    return class_color(round(np.log2(max(float(side), 1.0))) - 5)
+
+
 def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | None = None,
                  image=None, color_by: str | Sequence[int] | None = "scale") -> Axes:
     """Draw anchors (A, 4) — e.g. the k = 9 anchors of one position — over an image or a blank
@@ -285,8 +294,11 @@ def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | 
     h = anchors[:, 3] - anchors[:, 1]
     names = None
     if color_by == "scale":
+        # colour by size, not by rank among the sizes drawn, so a 128-px anchor looks the same
+        # next to 32 and 64 px ones as next to 256 and 512 px ones
         group, uniques = _group_index(np.sqrt(w * h), 1)
         names = [f"scale {u:g}" for u in uniques]
+        palette = [scale_color(u) for u in uniques]
     elif color_by == "ratio":
         group, uniques = _group_index(h / np.maximum(w, 1e-9), 2)
         names = [f"ratio {u:g}" for u in uniques]
@@ -294,13 +306,15 @@ def plot_anchors(anchors, image_size: tuple[int, int], centers=None, ax: Axes | 
         group = np.zeros(len(anchors), dtype=int)
     else:
         group = np.asarray(color_by, dtype=int).reshape(-1)
-    colors = [class_color(g) for g in group]
+    if color_by != "scale":
+        palette = [class_color(g) for g in range(int(group.max(initial=0)) + 1)]
+    colors = [palette[g] for g in group]
     draw_boxes(ax, anchors, color=colors, linewidth=1.5)
     if centers is not None:
         c = _np(centers).reshape(-1, 2)
         ax.scatter(c[:, 0], c[:, 1], s=12, c="k", marker="o", zorder=3)
     if names is not None:
-        ax.legend(handles=[Line2D([], [], color=class_color(i), label=n) for i, n in enumerate(names)],
+        ax.legend(handles=[Line2D([], [], color=palette[i], label=n) for i, n in enumerate(names)],
                   fontsize=SMALL_PT, loc="upper right")
     _fit_view(ax, anchors, image_size)
     return ax
@@ -368,13 +382,15 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, ax: Axes | None = None,
 def plot_anchor_matches(image, anchors, iou, gt_boxes, names: Sequence[str] | None = None, labels=None,
                         ax: Axes | None = None, max_negatives: int = 40, seed: int = 0) -> Axes:
     """Each object's best anchor, tagged with the object's name and that IoU, over the ground truth
-    (`draw_ground_truth`). With `labels`, the anchor labels underneath: every positive (thin green) and
-    at most `max_negatives` negatives (thin red); ignored anchors are not drawn.
+    (`draw_ground_truth`). With `labels`, the anchor labels underneath, as centres (a photo has
+    hundreds of positives, whose outlines would merge): every positive (green dot) and at most
+    `max_negatives` negatives (red cross); ignored anchors are not drawn.
 
     anchors: (A, 4); iou: (G, A) IoU of each ground truth with each anchor (e.g.
     `labeling.match_anchors(...).iou[0]`; -1 marks anchors that may not match); gt_boxes: (G, 4);
     names: G object names; labels: optional (A,) 1 / 0 / -1 (`labeling.label_anchors`).
-    Object g's best anchor is drawn in colour `class_color(g)`.
+    Object g's best anchor is drawn in colour `class_color(g)`; with `labels`, all in
+    `BEST_ANCHOR_COLOR`, so that no best anchor takes the positive green or the negative red.
     """
     ax = show_image(image, ax=ax)
     anchors = _np_boxes(anchors, "anchors", "plot_anchor_matches")
@@ -385,26 +401,31 @@ def plot_anchor_matches(image, anchors, iou, gt_boxes, names: Sequence[str] | No
         negatives = np.flatnonzero(labels == 0)
         if len(negatives) > max_negatives:
             negatives = np.random.default_rng(seed).choice(negatives, max_negatives, replace=False)
-        draw_boxes(ax, anchors[negatives], color=NEGATIVE_COLOR, linewidth=0.6, alpha=0.6)
-        draw_boxes(ax, anchors[labels == 1], color=POSITIVE_COLOR, linewidth=0.9, alpha=0.8)
-        handles += [Line2D([], [], color=POSITIVE_COLOR, lw=0.9, label=f"positive ({int((labels == 1).sum())})"),
-                    Line2D([], [], color=NEGATIVE_COLOR, lw=0.6,
-                           label=f"negative ({len(negatives)} of {int((labels == 0).sum())})")]
+        centres = (anchors[:, :2] + anchors[:, 2:]) / 2                       # (A, 2) x, y
+        ax.scatter(*centres[negatives].T, s=14, marker="x", c=NEGATIVE_COLOR, linewidths=1.0, zorder=3)
+        ax.scatter(*centres[labels == 1].T, s=12, marker="o", c=POSITIVE_COLOR, edgecolors="white",
+                   linewidths=0.4, zorder=3)
+        handles += [Line2D([], [], color=POSITIVE_COLOR, marker="o", ls="none",
+                           label=f"positive centre ({int((labels == 1).sum())})"),
+                    Line2D([], [], color=NEGATIVE_COLOR, marker="x", ls="none",
+                           label=f"negative centre ({len(negatives)} of {int((labels == 0).sum())})")]
     draw_ground_truth(ax, gt_boxes)
     best = iou.argmax(axis=1) if iou.shape[1] else np.zeros(len(iou), dtype=int)
     height, width = _image_hwc(image).shape[:2]
     placed: list[tuple[float, float]] = []
     for g, a in enumerate(best):
         name = names[g] if names is not None else f"object {g}"
-        draw_boxes(ax, anchors[a][None], color=[class_color(g)], linewidth=2.0)
+        color = BEST_ANCHOR_COLOR if labels is not None else class_color(g)
+        draw_boxes(ax, anchors[a][None], color=[color], linewidth=2.0)
         # The tag at the anchor's top-left corner (inside the image), moved down past earlier tags it would cover.
         x1, y1 = min(max(anchors[a, 0], 0.0), 0.85 * width), min(max(anchors[a, 1], 0.0), 0.95 * height)
         while any(abs(x1 - x) < 0.14 * width and abs(y1 - y) < 0.045 * height for x, y in placed):
             y1 += 0.05 * height
         placed.append((x1, y1))
-        ax.text(x1, y1, f"{name} {iou[g, a]:.2f}", fontsize=SMALL_PT, color="white", va="top", ha="left", clip_on=True,
-                bbox=dict(facecolor=class_color(g), edgecolor="none", alpha=0.85, pad=1.0))
-    handles += [Line2D([], [], color="0.2", lw=2, label="best anchor: object, IoU"),
+        ax.text(x1, y1, f"{name} {iou[g, a]:.2f}", fontsize=SMALL_PT, color="black" if labels is not None else "white",
+                va="top", ha="left", clip_on=True, bbox=dict(facecolor=color, edgecolor="none", alpha=0.85, pad=1.0))
+    handles += [Line2D([], [], color=BEST_ANCHOR_COLOR if labels is not None else "0.2", lw=2,
+                       label="best anchor: object, IoU"),
                 Line2D([], [], color="0.5", lw=1.3, ls="--", label="ground truth")]
     ax.legend(handles=handles, fontsize=SMALL_PT, loc="lower right")
     return ax
@@ -828,7 +849,7 @@ def plot_network(model, image_size: tuple[int, int], ax: Axes | None = None, tit
         "predict": _node(ax, main, ys[7], "cls_score / bbox_pred", f"{_shape(s['scores'])}\n{_shape(s['deltas'])}",
                          "detector", w),
     }
-    det = _node(ax, side, ys[7], "detections", f"{_shape(s['detections'])} boxes\n+ classes, scores", "output", w)
+    det = _node(ax, side, ys[7], "detections", f"D×{s['detections'][-1]} boxes\n+ classes, scores", "output", w)
     bottom = lambda n: ((nodes[n][0] + nodes[n][1]) / 2, nodes[n][2])  # noqa: E731
     top = lambda n: ((nodes[n][0] + nodes[n][1]) / 2, nodes[n][3])     # noqa: E731
     middle = lambda n: (nodes[n][2] + nodes[n][3]) / 2                # noqa: E731

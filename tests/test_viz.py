@@ -74,6 +74,14 @@ def test_plot_anchors_and_grid():
     assert len(ax.get_legend().get_texts()) == 3              # three scales
     colors = {r.get_edgecolor() for r in _rects(ax)}
     assert len(colors) == 3
+    # a size keeps its colour whatever else is drawn: 128 px as the largest of 32/64/128 and as the
+    # smallest of 128/256/512 (the default anchors above)
+    side = lambda a: round(float(((a[2] - a[0]) * (a[3] - a[1])) ** 0.5))  # noqa: E731
+    small = base_anchors(scales=(2, 4, 8)) + torch.tensor([100.0, 80, 100, 80])
+    colors_128 = {r.get_edgecolor() for boxes in (small, anchors)
+                  for r, a in zip(_rects(viz.plot_anchors(boxes, image_size=(200, 240))), boxes) if side(a) == 128}
+    assert len(colors_128) == 1
+    assert len({viz.scale_color(s) for s in (32, 64, 128, 256, 512)}) == 5
     ax = viz.plot_anchors(anchors, image_size=(200, 240), color_by="ratio", image=torch.rand(3, 200, 240))
     assert len(ax.get_legend().get_texts()) == 3
     # Anchors crossing the border stay visible.
@@ -104,7 +112,14 @@ def test_plot_anchor_matches_draws_each_objects_best_anchor_with_its_iou():
     assert tags == sorted(f"{n} {v:.2f}" for n, v in zip("abc", best.tolist()))
     labels = torch.tensor([1, 0, -1, 0])
     ax = viz.plot_anchor_matches(IMAGE, anchors, iou, BOXES, labels=labels, max_negatives=1)
-    assert len(_rects(ax)) == 1 + 1 + 3 + 3                    # positives, negatives (1 of 2), GT, best anchors
+    # labels as centres (outlines of hundreds of positives would merge): only GT and best anchors are boxes
+    assert len(_rects(ax)) == 3 + 3
+    negatives, positives = (c.get_offsets() for c in ax.collections[-2:])
+    np.testing.assert_allclose(positives, [[8, 8]])            # the centre of anchor 0, the one positive
+    assert len(negatives) == 1 and negatives[0].tolist() in ([16, 16], [46, 24])   # 1 of the 2 negatives
+    # the best anchors take one colour that is neither the positive green nor the negative red
+    best = {r.get_edgecolor() for r in _rects(ax) if r.get_linestyle() != "--"}
+    assert best == {matplotlib.colors.to_rgba(viz.BEST_ANCHOR_COLOR)}
 
 
 def test_plot_proposals_top_and_scores():
@@ -227,6 +242,8 @@ def test_network_shapes_and_diagrams_come_from_the_model():
     ax = viz.plot_network(model, (256, 320), shapes=shapes)
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "128×16×20" in texts and "18×16×20" in texts and f"{proposals}×128×7×7" in texts
+    # the detections node says D (the count varies per image), not the probe image's count
+    assert "D×4 boxes" in texts and f"{shapes['detections'][0]}×4 boxes" not in texts
 
     ax = viz.plot_rpn_head(model)
     texts = " ".join(t.get_text() for t in ax.texts)
