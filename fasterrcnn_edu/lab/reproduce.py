@@ -259,15 +259,6 @@ def _seed_ars(lambda_sweep: dict) -> dict[float, list[float]]:
             for lam in lambda_sweep["settings"]["lambdas"]}
 
 
-# Headline numbers of the reference recipe itself: their tolerance comes from its own seeds (reference_spread.json).
-REFERENCE_RECIPE_KEYS = {"data/reference/metrics.json:voc07_map": "voc07_map",
-                         "data/reference/metrics.json:voc12_map": "voc12_map",
-                         "data/reference/metrics.json:coco/AP": "coco_ap",
-                         **{f"data/experiments/reference_seeds/seed{s}.json:voc07_map": "voc07_map" for s in (1, 2)},
-                         **{f"data/experiments/reference_spread.json:summary/{m}/mean": m
-                            for m in ("voc07_map", "voc12_map", "coco_ap")}}
-
-
 def spread_tolerances(side_by_side: dict, lambda_sweep: dict, repeats: dict,
                       reference_spread: dict | None = None) -> dict[str, dict]:
     """The tolerance of every headline number of `TARGETS`: {key: {"value", "basis"}}.
@@ -401,6 +392,14 @@ def reference_seed_runs(seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def seed_file(seed: int) -> str:
     return f"data/experiments/reference_seeds/seed{seed}.json"
+
+
+# Headline numbers of the reference recipe itself: their tolerance comes from its own seeds (reference_spread.json).
+REFERENCE_RECIPE_KEYS = {"data/reference/metrics.json:voc07_map": "voc07_map",
+                         "data/reference/metrics.json:voc12_map": "voc12_map",
+                         "data/reference/metrics.json:coco/AP": "coco_ap",
+                         **{f"{seed_file(s)}:voc07_map": "voc07_map" for s in REFERENCE_SEEDS},
+                         **{f"{REFERENCE_SPREAD}:summary/{m}/mean": m for m in ("voc07_map", "voc12_map", "coco_ap")}}
 
 
 def summarise_seed(seed: int) -> Step:
