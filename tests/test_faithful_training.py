@@ -19,7 +19,7 @@ from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.roi_heads import sample_rois
 from fasterrcnn_edu.transforms import hflip_boxes
 from fasterrcnn_edu.training import (StageLoss, build_networks, load_batch, parameter_groups,
-                                     joint, run_stage, step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen, train,
+                                     joint, learning_rate, run_stage, step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen, train,
                                      trainable, training_target)
 
 from test_training import TinyShapes, snapshot, tiny_config, train_until_killed
@@ -62,7 +62,7 @@ def test_accumulated_joint_update_equals_the_update_of_the_mean_loss():
     ref_stage = joint({"shared": reference}, cfg)
     opt = torch.optim.SGD(parameter_groups(ref_stage.params, cfg), lr=cfg.joint.lr, momentum=cfg.momentum)
     for group in opt.param_groups:
-        group["lr"] = cfg.joint.lr * group.get("lr_mult", 1.0)
+        group["lr"] = learning_rate(0, cfg.joint, 0) * group.get("lr_mult", 1.0)
     total = 0
     torch.manual_seed(0)   # anchor and RoI sampling draw from the global generator: the same draws in both runs
     for i in range(2):
