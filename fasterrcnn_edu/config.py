@@ -3,8 +3,9 @@
 `Config.paper()` carries the settings of Ren et al. (NeurIPS 2015) for VGG-16 on PASCAL VOC;
 `Config.book()` is a small CPU-friendly setting for the book's synthetic shapes data.
 Every number names its source: "paper §x" is the NeurIPS paper, "released code" is the authors'
-py-faster-rcnn (lib/fast_rcnn/config.py, models/pascal_voc/*/faster_rcnn_alt_opt/*), and
-"Fast R-CNN" is Girshick, ICCV 2015.
+py-faster-rcnn (lib/fast_rcnn/config.py, experiments/cfgs/*.yml, models/pascal_voc/VGG16/*), and
+"Fast R-CNN" is Girshick, ICCV 2015. The released file and key of every released value are the
+rows of `fasterrcnn_edu.released_code.RELEASED`, and a test checks the paper preset against them.
 """
 from __future__ import annotations
 
@@ -156,7 +157,9 @@ class Config:
                                                                     f"x {v} weights ({nbytes(4 * 9 * WIDEST_FEATURES * v)})"),
                                 "channels", "paper §3.1", "512-d intermediate layer for VGG (256-d for ZF)")
     rpn_fg_iou: float = setting(0.7, FRACTION, "IoU", "paper §3.1.2",
-                                "positive if IoU > 0.7 (released code and torchvision: >= 0.7)", training_only=True)
+                                "positive if IoU > 0.7 (released code and torchvision: >= 0.7); also every anchor whose IoU "
+                                "equals a box's best, an exact float32 equality without tolerance (ours: the released "
+                                "code and torchvision's Matcher compare exactly too)", training_only=True)
     rpn_bg_iou: float = setting(0.3, FRACTION, "IoU", "paper §3.1.2", "negative if IoU < 0.3 for all ground truth",
                                 training_only=True)
     rpn_batch_size: int = setting(256, COUNT, "anchors per image", "paper §3.1.2", "256 anchors per image",
@@ -185,7 +188,8 @@ class Config:
     rpn_post_nms_top_n_test: int = setting(300, COUNT, "proposals", "paper §4", "300 proposals at test time")
     rpn_nms_thresh: float = setting(0.7, FRACTION, "IoU", "paper §3.3", "NMS at IoU 0.7")
     rpn_min_size: float = setting(16.0, NON_NEGATIVE, "px (original image)", "released code: RPN_MIN_SIZE",
-                                  "smallest proposal side kept")
+                                  "smallest proposal side kept, in pixels of the original image (x the image's "
+                                  "scale in the resized input, as the released proposal_layer.py)")
 
     # --- RoI pooling and the Fast R-CNN head (Fast R-CNN §2) ----------------------------
     roi_output_size: int = setting(7, interval(1, 64, why=lambda v: f"each pooled RoI holds up to {WIDEST_FEATURES} x "
@@ -193,13 +197,17 @@ class Config:
                                                                    "and fc6 as many weights per hidden unit"),
                                    "bins per side", "Fast R-CNN", "7×7 for VGG-16 (6×6 for ZF)")
     roi_pool: str = setting("max", one_of("max", "align"), "", "Fast R-CNN",
-                            "RoI max pooling; \"align\": RoIAlign (Mask R-CNN)")
-    roi_batch_size: int = setting(64, COUNT, "RoIs per image", "Fast R-CNN §2.3",
-                                  "released alt-opt Fast R-CNN stages: 2 images × 64 = R 128; the released "
-                                  "end-to-end (joint) code uses 1 image × 128", training_only=True)
+                            "RoI max pooling; \"align\": RoIAlign (Mask R-CNN). Max pooling gets continuous boxes "
+                            "(x2 not inclusive, ours), so round(x2/16) can take one more feature cell than the "
+                            "released Caffe ROIPooling for about 1/16 of the RoIs")
+    roi_batch_size: int = setting(64, COUNT, "RoIs per image", "released alt-opt code: TRAIN.BATCH_SIZE 128 / "
+                                  "IMS_PER_BATCH 2", "RoIs per image in the 4-step Fast R-CNN stages: 2 images x 64 "
+                                  "= Fast R-CNN's R = 128 (joint training: `joint_roi_batch_size`)", training_only=True)
     roi_positive_fraction: float = setting(0.25, FRACTION, "", "Fast R-CNN §2.3", "25 % foreground", training_only=True)
     roi_fg_iou: float = setting(0.5, FRACTION, "IoU", "Fast R-CNN §2.3", "foreground IoU ≥ 0.5", training_only=True)
-    roi_bg_iou_low: float = setting(0.1, FRACTION, "IoU", "Fast R-CNN §2.3", "background IoU in [0.1, 0.5)",
+    roi_bg_iou_low: float = setting(0.0, FRACTION, "IoU", "released code: BG_THRESH_LO 0.0 (faster_rcnn_alt_opt.yml, "
+                                    "faster_rcnn_end2end.yml)", "background RoIs have max IoU in [0.0, 0.5); "
+                                    "0.1 is Fast R-CNN's heuristic (its §2.3, the lib/fast_rcnn/config.py default)",
                                     training_only=True)
     roi_bg_iou_high: float = setting(0.5, FRACTION, "IoU", "Fast R-CNN §2.3", "upper end of the background IoU",
                                      training_only=True)
@@ -207,7 +215,11 @@ class Config:
                                                                      f"({nbytes(4 * v * v)})"),
                                "units", "VGG-16", "fc6 / fc7 width")
     box_coder_std: tuple[float, ...] = setting((0.1, 0.1, 0.2, 0.2), positive_numbers(4, "4 numbers > 0"), "",
-                                               "released code: BBOX_NORMALIZE_STDS", "box-target normalisation")
+                                               "released end-to-end code: BBOX_NORMALIZE_STDS",
+                                               "fixed box-target stds, in every mode: the released end-to-end code "
+                                               "(BBOX_NORMALIZE_TARGETS_PRECOMPUTED: True); the released alt-opt "
+                                               "code divides by per-class means / stds of its training RoIs (ours "
+                                               "for the 4-step mode)")
     det_lambda: float = setting(1.0, NON_NEGATIVE, "", "Fast R-CNN Eq. 1", "λ = 1", training_only=True)
     det_smooth_l1_beta: float = setting(1.0, NON_NEGATIVE, "", "Fast R-CNN Eq. 3", "smooth L1 β", training_only=True)
 
@@ -221,22 +233,28 @@ class Config:
     images_per_batch: int = setting(1, BATCH, "images", "paper §3.1.3",
                                     "\"each mini-batch arises from a single image\" (RPN stages)", training_only=True)
     det_images_per_batch: int = setting(2, BATCH, "images", "released alt-opt code: TRAIN.IMS_PER_BATCH = 2",
-                                        "images per Fast R-CNN step", training_only=True)
+                                        "images per Fast R-CNN step, paired at random (ours: the released code "
+                                        "pairs images of the same orientation, TRAIN.ASPECT_GROUPING)",
+                                        training_only=True)
     momentum: float = setting(0.9, interval(0.0, 1.0, high_open=True), "", "paper §3.1.3", "SGD momentum",
                               training_only=True)
     weight_decay: float = setting(0.0005, NON_NEGATIVE, "", "paper §3.1.3", "SGD weight decay", training_only=True)
-    bias_lr_mult: float = setting(2.0, NON_NEGATIVE, "", "released prototxts", "biases train with lr_mult 2 ...",
-                                  training_only=True)
-    bias_weight_decay: bool = setting(False, None, "", "released prototxts", "... and decay_mult 0", training_only=True)
+    bias_lr_mult: float = setting(2.0, NON_NEGATIVE, "", "released prototxts: param { lr_mult: 2 }",
+                                  "biases train at twice the learning rate", training_only=True)
+    bias_weight_decay: bool = setting(True, None, "", "released prototxts: no decay_mult (Caffe's default 1)",
+                                      "biases are weight-decayed like the weights; False (ours, Detectron's "
+                                      "convention): no decay on biases", training_only=True)
     warmup_iterations: int = setting(0, NON_NEGATIVE, "iterations", "ours",
-                                     "not in the paper; the book's from-scratch net needs a short warm-up",
-                                     training_only=True)
-    flip: bool = setting(True, None, "", "released code",
-                         "horizontal flip, the only augmentation", training_only=True)
+                                     "not in the paper: a linear warm-up at the start of every stage (it restarts "
+                                     "in each of the 4 steps)", training_only=True)
+    flip: bool = setting(True, None, "", "released code: TRAIN.USE_FLIPPED",
+                         "horizontal flip, the only augmentation; the released code adds a flipped copy of every "
+                         "image, we flip each batch image with probability 1/2 (ours)", training_only=True)
     difficult: str = setting("drop", one_of(*DIFFICULT_CHOICES), "", "released code (use_diff=False)",
                              "VOC difficult / COCO crowd boxes: \"drop\": removed from training; \"ignore\" (ours): "
-                             "ignore regions for anchor labelling and RoI sampling; \"train\": ordinary objects",
-                             training_only=True)
+                             "ignore regions for anchor labelling and RoI sampling; \"train\": ordinary objects. "
+                             "An image left without objects still trains, on negatives only (ours: the released "
+                             "filter_roidb drops it)", training_only=True)
     channels_last: bool = setting(True, None, "", "ours", "speed only (PyTorch memory-format guide): NHWC training convs",
                                   training_only=True)
     # The 4-step schedule (paper §3.2): RPN, Fast R-CNN, RPN (shared layers frozen), Fast R-CNN (frozen).
@@ -252,14 +270,25 @@ class Config:
     alt_precomputed_proposals: bool = setting(True, None, "", "released code",
                                               "steps 2 and 4 train on proposals computed once by the previous "
                                               "step's RPN in test mode and stored; False (ours): proposals from "
-                                              "the previous RPN in train mode on every step", training_only=True)
+                                              "the previous RPN in train mode on every step. Stored proposals "
+                                              "and evaluation run in padded batches (ours: the released code "
+                                              "one image at a time), so border features, and mAP in its last "
+                                              "digits, depend on the batch's other images", training_only=True)
     alt_proposal_pre_nms_top_n: int = setting(0, interval(0, 2**31 - 1), "proposals", "released code: -1 (all)",
                                               "stored proposals before NMS; 0 here means all anchors",
                                               training_only=True)
     alt_proposal_post_nms_top_n: int = setting(2000, COUNT, "proposals", "released code: RPN_POST_NMS_TOP_N",
                                                "stored proposals after NMS", training_only=True)
     joint: StageSchedule = _stage(70000, 0.001, 50000, "released code end2end (VOC07)",
-                                  "approximate joint training")
+                                  "approximate joint training; its iterations are updates of `joint_iter_size` "
+                                  "mini-batches")
+    joint_iter_size: int = setting(2, BATCH, "mini-batches per update", "released end-to-end solver: iter_size 2",
+                                   "joint training accumulates the gradients of this many mini-batches (of "
+                                   "`images_per_batch` images) into one SGD update of their mean loss, as Caffe's "
+                                   "iter_size", training_only=True)
+    joint_roi_batch_size: int = setting(128, COUNT, "RoIs per image", "released end-to-end code: TRAIN.BATCH_SIZE "
+                                        "128 / IMS_PER_BATCH 1", "RoIs sampled per image in joint training",
+                                        training_only=True)
     seed: int = setting(0, interval(0, 2**32 - 1), "", "ours", "random seed (weights, data order, sampling)",
                         training_only=True)
 
@@ -276,7 +305,7 @@ class Config:
             num_classes=7,                  # 6 shape classes + background (data/shapes/classes.txt)
             min_size=256, max_size=320,     # the shapes images are 320×256: no rescaling
             backbone="small",               # 6 conv layers, stride 16, 128 channels (backbones.py)
-            frozen_layers=0,                # trained from scratch: nothing to keep fixed
+            frozen_layers=0,                # ours: the small net, pre-trained on shape crops, is fine-tuned whole
             anchor_scales=(2, 4, 8),        # 32², 64², 128² boxes: the paper's 128..512 divided by 4 (ours: object sizes)
             rpn_channels=128,
             rpn_min_size=4.0,               # objects down to ~1/16 of the side exist in the data
@@ -286,11 +315,15 @@ class Config:
             rpn_post_nms_top_n_train=500,
             rpn_post_nms_top_n_test=300,
             roi_batch_size=64,              # 2 images × 64 RoIs, as the released alt-opt Fast R-CNN stages
+            roi_bg_iou_low=0.1,             # ours (Fast R-CNN's heuristic): the released code's band is [0.0, 0.5)
+            bias_weight_decay=False,        # ours: the released prototxts decay biases
+            joint_iter_size=1,              # ours: 1 mini-batch of 2 images per joint update (released: 2 x 1)
+            joint_roi_batch_size=64,        # ours: 64 RoIs per image in joint training too (released: 128)
             head_hidden=256,
             images_per_batch=2,             # ours: 2 images per RPN step too (CPU throughput)
             difficult="ignore",             # ours: difficult shapes are ignore regions (see `difficult` above)
             alt_proposal_post_nms_top_n=500,  # the book's train-time post-NMS top-N
-            warmup_iterations=200,
+            warmup_iterations=200,          # ours: a short warm-up, restarted at the start of every stage
             stage_rpn1=StageSchedule(1500, 0.01, 1200),
             stage_det1=StageSchedule(2000, 0.01, 1600),
             stage_rpn2=StageSchedule(600, 0.01, 480),

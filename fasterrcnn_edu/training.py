@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ class Stage:
     schedule: StageSchedule
     images_per_batch: int
     proposal_source: FasterRCNN | None = None   # proposals computed once by this network, stored
+    iter_size: int = 1   # mini-batches whose gradients are accumulated into one update (Caffe's iter_size)
 
 
 def trainable(*modules: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -243,7 +245,11 @@ def step4_detector_frozen(nets: dict, cfg: Config) -> Stage:
 def joint(nets: dict, cfg: Config) -> Stage:
     """Approximate joint training (§3.2 (ii)): one network, the four losses summed."""
     shared = nets["shared"]
-    return Stage("joint", StageLoss(shared, "joint"), trainable(shared), cfg.joint, cfg.images_per_batch)
+    # The released end-to-end code samples TRAIN.BATCH_SIZE 128 RoIs per image (alt-opt: 64); the
+    # shared network is trained only here, so its head takes the joint value.
+    shared.roi_heads.cfg = dataclasses.replace(shared.roi_heads.cfg, roi_batch_size=cfg.joint_roi_batch_size)
+    return Stage("joint", StageLoss(shared, "joint"), trainable(shared), cfg.joint, cfg.images_per_batch,
+                 iter_size=cfg.joint_iter_size)
 
 
 STEPS: dict[str, tuple[Callable[[dict, Config], Stage], ...]] = {
@@ -323,7 +329,8 @@ def run_stage(stage: Stage, dataset, cfg: Config, device: torch.device | str = "
     multiplier (`parameter_groups`), autocast in `amp` ("bf16"/"fp16", fp16 with a GradScaler),
     the stage's stored proposals, DDP (if a process group is initialised), a log record every
     `log_every` steps, `checkpoint(next_step, optimizer, log, seconds)` every `checkpoint_every`
-    steps and at the end, and a `NonFiniteLossError` at the first NaN/inf loss, raised before any
+    steps and at the end, `stage.iter_size` mini-batches accumulated per SGD update (the mean of
+    their losses; the log records the last one), and a `NonFiniteLossError` at the first NaN/inf loss, raised before any
     checkpoint of that step is written. Backward runs on the sum of the terms named "loss*";
     other terms are logged only. Returns the log, including earlier records from `state.log`.
     """
@@ -347,12 +354,16 @@ def run_stage(stage: Stage, dataset, cfg: Config, device: torch.device | str = "
             lr = learning_rate(step, stage.schedule, cfg.warmup_iterations)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
-            images, targets = load_batch(dataset, step, cfg, state.stage_index, device, rank, world_size,
-                                         stage.images_per_batch, proposals)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                losses = loss_module(images, targets)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(sum(v for k, v in losses.items() if k.startswith("loss"))).backward()
+            for micro in range(stage.iter_size):
+                # Mini-batch `step * iter_size + micro` of the data order: with iter_size 1 the order is unchanged.
+                images, targets = load_batch(dataset, step * stage.iter_size + micro, cfg, state.stage_index,
+                                             device, rank, world_size, stage.images_per_batch, proposals)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    losses = loss_module(images, targets)
+                # Caffe's iter_size: the update is that of the mean of the mini-batches' losses.
+                total = sum(v for k, v in losses.items() if k.startswith("loss"))
+                scaler.scale(total / stage.iter_size if stage.iter_size > 1 else total).backward()
             scaler.step(optimizer)
             scaler.update()
             pending.append((step, {k: v.detach().float() for k, v in losses.items()}))

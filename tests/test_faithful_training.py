@@ -19,7 +19,7 @@ from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.roi_heads import sample_rois
 from fasterrcnn_edu.transforms import hflip_boxes
 from fasterrcnn_edu.training import (StageLoss, build_networks, load_batch, parameter_groups,
-                                     step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen, train,
+                                     joint, learning_rate, run_stage, step1_rpn, step2_detector, step3_rpn_frozen, step4_detector_frozen, train,
                                      trainable, training_target)
 
 from test_training import TinyShapes, snapshot, tiny_config, train_until_killed
@@ -36,12 +36,45 @@ def test_paper_preset_pins_the_papers_and_released_codes_numbers():
     assert (c.anchor_base_size, c.anchor_scales, c.anchor_ratios) == (16, (8, 16, 32), (0.5, 1.0, 2.0))
     # Fast R-CNN stages of the released alt-opt code: 2 images × 64 RoIs = 128, 25 % foreground.
     assert (c.roi_batch_size, c.det_images_per_batch, c.images_per_batch) == (64, 2, 1)
-    assert (c.roi_positive_fraction, c.roi_fg_iou, c.roi_bg_iou_low, c.roi_bg_iou_high) == (0.25, 0.5, 0.1, 0.5)
+    assert (c.roi_positive_fraction, c.roi_fg_iou, c.roi_bg_iou_low, c.roi_bg_iou_high) == (0.25, 0.5, 0.0, 0.5)
     assert (c.score_thresh, c.det_nms_thresh, c.detections_per_img) == (0.05, 0.3, 100)
     assert (c.min_size, c.max_size, c.box_coder_std) == (600, 1000, (0.1, 0.1, 0.2, 0.2))
-    assert (c.momentum, c.weight_decay, c.bias_lr_mult, c.bias_weight_decay) == (0.9, 0.0005, 2.0, False)
+    assert (c.momentum, c.weight_decay, c.bias_lr_mult, c.bias_weight_decay) == (0.9, 0.0005, 2.0, True)
     assert (c.difficult, c.alt_reinit_heads, c.alt_precomputed_proposals) == ("drop", True, True)
     assert (c.alt_proposal_pre_nms_top_n, c.alt_proposal_post_nms_top_n) == (0, 2000)
+    # Released end-to-end solver: iter_size 2 of 1 image x 128 RoIs per update.
+    assert (c.joint_iter_size, c.joint_roi_batch_size) == (2, 128)
+
+
+def test_book_preset_keeps_its_own_choices():
+    b = Config.book()
+    assert (b.roi_bg_iou_low, b.bias_weight_decay, b.joint_iter_size, b.joint_roi_batch_size) == (0.1, False, 1, 64)
+
+
+def test_accumulated_joint_update_equals_the_update_of_the_mean_loss():
+    import copy
+    cfg = tiny_config(iterations=1, joint_iter_size=2)
+    nets = build_networks("joint", cfg)
+    reference = copy.deepcopy(nets["shared"])
+    stage = joint(nets, cfg)
+    assert stage.iter_size == 2
+    # By hand: the mean of the losses of mini-batches 0 and 1, one SGD step.
+    ref_stage = joint({"shared": reference}, cfg)
+    opt = torch.optim.SGD(parameter_groups(ref_stage.params, cfg), lr=cfg.joint.lr, momentum=cfg.momentum)
+    for group in opt.param_groups:
+        group["lr"] = learning_rate(0, cfg.joint, 0) * group.get("lr_mult", 1.0)
+    total = 0
+    torch.manual_seed(0)   # anchor and RoI sampling draw from the global generator: the same draws in both runs
+    for i in range(2):
+        images, targets = load_batch(TinyShapes(), i, cfg, 0, "cpu", images_per_batch=cfg.images_per_batch)
+        losses = ref_stage.loss(images, targets)
+        total = total + sum(v for k, v in losses.items() if k.startswith("loss"))
+    (total / 2).backward()
+    opt.step()
+    torch.manual_seed(0)
+    run_stage(stage, TinyShapes(), cfg, log_every=1)
+    after, expected = snapshot(nets["shared"]), snapshot(reference)
+    assert all(torch.allclose(after[k], expected[k], atol=1e-6) for k in expected)
 
 
 def test_config_is_immutable_and_scaled_returns_a_copy():
@@ -237,15 +270,17 @@ def test_alternating_training_with_stored_proposals_runs_end_to_end(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Optimiser: biases as the released prototxts
 # ---------------------------------------------------------------------------------------------
-def test_biases_train_at_twice_the_learning_rate_without_weight_decay():
+def test_biases_train_at_twice_the_learning_rate_with_weight_decay_unless_the_book_option():
     model = FasterRCNN(tiny_config())
-    groups = parameter_groups(trainable(model.rpn), Config.paper())
+    groups = parameter_groups(trainable(model.rpn), Config.paper(bias_weight_decay=False))
     weights, biases = groups
     assert weights["lr_mult"] == 1.0 and weights["weight_decay"] == 0.0005
     assert biases["lr_mult"] == 2.0 and biases["weight_decay"] == 0.0
     assert {id(p) for p in biases["params"]} == {id(m.bias) for m in (model.rpn.head.conv, model.rpn.head.cls,
                                                                       model.rpn.head.reg)}
-    plain = parameter_groups(trainable(model.rpn), Config.paper(bias_lr_mult=1.0, bias_weight_decay=True))
+    released = parameter_groups(trainable(model.rpn), Config.paper())
+    assert released[1]["lr_mult"] == 2.0 and released[1]["weight_decay"] == 0.0005
+    plain = parameter_groups(trainable(model.rpn), Config.paper(bias_lr_mult=1.0))
     assert plain[1]["lr_mult"] == 1.0 and plain[1]["weight_decay"] == 0.0005
 
 

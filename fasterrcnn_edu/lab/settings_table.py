@@ -98,7 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(('det_images_per_batch', 'roi_batch_size'), "detector", "images × RoIs per detector mini-batch", "— (Fast R-CNN: 2 × 64)",
             "alt-opt 2 × 64; end-to-end 1 × 128",
             lambda c: f"{c.det_images_per_batch} × {c.roi_batch_size}"),
-    Setting(('roi_positive_fraction', 'roi_fg_iou', 'roi_bg_iou_low', 'roi_bg_iou_high'), "detector", "RoI sampling", "— (Fast R-CNN: 25 % fg IoU ≥ 0.5, bg [0.1, 0.5))", "same",
+    Setting(('roi_positive_fraction', 'roi_fg_iou', 'roi_bg_iou_low', 'roi_bg_iou_high'), "detector", "RoI sampling", "— (Fast R-CNN: 25 % fg IoU ≥ 0.5, bg [0.1, 0.5))",
+            "25 % fg IoU ≥ 0.5, bg [0, 0.5) (BG_THRESH_LO 0.0 in both yml files)",
             lambda c: f"{c.roi_positive_fraction:.0%} fg IoU ≥ {c.roi_fg_iou:g}, bg [{c.roi_bg_iou_low:g}, "
                       f"{c.roi_bg_iou_high:g})"),
     Setting(('head_hidden',), "detector", "fully connected layers", "VGG-16 fc6, fc7 (4096-d)", "same",
@@ -113,7 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- optimisation ---------------------------------------------------------------------
     Setting(('momentum', 'weight_decay'), "training", "momentum, weight decay", "0.9, 0.0005 (§3.1.3)", "0.9, 0.0005",
             lambda c: f"{c.momentum:g}, {c.weight_decay:g}"),
-    Setting(('bias_lr_mult', 'bias_weight_decay'), "training", "biases", "—", "lr × 2, no weight decay",
+    Setting(('bias_lr_mult', 'bias_weight_decay'), "training", "biases", "—", "lr × 2, weight decay (lr_mult 2, Caffe's default decay_mult 1)",
             lambda c: f"lr × {c.bias_lr_mult:g}, " + ("weight decay" if c.bias_weight_decay else "no weight decay")),
     Setting(('warmup_iterations',), "training", "warm-up", "—", "—",
             lambda c: f"{c.warmup_iterations} iterations (ours)" if c.warmup_iterations else "none"),
@@ -129,8 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(('stage_det2', 'alt_reinit_heads'), "4-step training", "step 4: Fast R-CNN, shared layers fixed", "fine-tune its unique layers (§3.2)",
             "40k; cls_score, bbox_pred newly initialised", lambda c: _stage(c, "stage_det2") + (
                 "; fresh cls_score / bbox_pred" if c.alt_reinit_heads else "; step-2 head (ours)")),
-    Setting(('joint',), "4-step training", "approximate joint (end-to-end)", "§3.2 (ii); no schedule given",
-            "70k, lr 0.001 → ×0.1 at 50k (VOC 2007)", lambda c: _stage(c, "joint")),
+    Setting(('joint', 'joint_iter_size', 'joint_roi_batch_size'), "4-step training", "approximate joint (end-to-end)",
+            "§3.2 (ii); no schedule given",
+            "70k updates of 2 × (1 image × 128 RoIs) (iter_size 2), lr 0.001 → ×0.1 at 50k (VOC 2007)",
+            lambda c: _stage(c, "joint") + f"; {c.joint_iter_size} × ({c.images_per_batch} image"
+                      f"{'s' if c.images_per_batch > 1 else ''} × {c.joint_roi_batch_size} RoIs) per update"),
 )
 
 
