@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
-from fasterrcnn_edu.error_analysis import ERROR_TYPES
+from fasterrcnn_edu.error_analysis import ERROR_TYPES, FIX_RULES
 from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats, write_json
 
 __all__ = ["plot_error_breakdown", "summary_lines", "register"]
@@ -52,13 +52,17 @@ def summary_lines(report: dict) -> list[str]:
     """The printed summary: mAP, ΔAP and count per type, misses by size, occlusion and truncation."""
     threshold = report["settings"]["score_threshold"]
     lines = [f"mAP {report['map']:.4f} ({report['settings']['metric']}, {report['images']} images, "
-             f"{report['counts']['objects']} non-difficult objects)",
+             f"{report['counts']['objects']} non-difficult objects; fix rule: {report['settings'].get('fix_rule', 'per-type')})",
              f"{'error type':<16} {'ΔAP':>7}  {'count':>6}  {f'score >= {threshold:g}':>13}"]
     for kind in ERROR_TYPES:
         count = report["counts"][kind]
         lines.append(f"{kind:<16} {100 * report['delta_ap'][kind]:7.2f}  {count['all']:6d}  {count['at_threshold']:13d}")
     lines.append(f"{'all FPs':<16} {100 * report['delta_ap']['all false positives']:7.2f}")
     lines.append(f"{'all':<16} {100 * report['delta_ap']['all']:7.2f}")
+    # The count columns mean different things for the false-positive rows and for "missed": say so under the table.
+    lines.append(f"(count: false positives of the type; for missed, objects no detection explains. "
+                 f"score >= {threshold:g}: those scoring at least {threshold:g}; for missed, objects with no "
+                 f"true positive scoring at least {threshold:g})")
     for name, table in report["misses"].items():
         cells = [f"{group} {row['not_detected_at_threshold']}/{row['objects']}" for group, row in table.items()]
         lines.append(f"undetected at score >= {threshold:g}, {name.replace('_', ' ')}: " + ", ".join(cells))
@@ -76,6 +80,10 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="operating point of the 'at threshold' counts and the worst images")
     p.add_argument("--top", type=int, default=8, help="worst examples kept per error type")
+    p.add_argument("--fix-rule", choices=FIX_RULES, default="tide",
+                   help="which error an object's one correction goes to: TIDE's rule (the highest-scoring "
+                        "localisation or classification error on it) or ours, 'per-type' (the highest-scoring "
+                        "error of the type being fixed)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=Path("runs/errors.json"), help="JSON file; the figure goes beside it (.png)")
@@ -115,7 +123,7 @@ def errors_command(args: argparse.Namespace) -> int:
     subset = Subset(dataset, indices)
     detections, targets = predict_dataset(model, subset, device, progress=True)
     report = analyse_errors(detections, targets, len(classes) + 1, class_names=classes,
-                            score_threshold=args.score_threshold, top=args.top)
+                            score_threshold=args.score_threshold, top=args.top, fix_rule=args.fix_rule)
     report.update({"model": str(args.model), "model_sha256": file_sha256(args.model), "data": str(args.data),
                    "split": args.split, "command": command_line(), "environment": environment(device),
                    "seconds": round(time.perf_counter() - t0, 1)})
