@@ -22,22 +22,19 @@ from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, r
 
 __all__ = ["plot_error_breakdown", "summary_lines", "register"]
 
-# Colours: one per error type, false positives warm, misses grey.
-TYPE_COLOURS = {"classification": "tab:red", "localisation": "tab:orange", "both": "tab:brown",
-                "duplicate": "tab:purple", "background": "tab:pink", "missed": "tab:gray"}
-
-
 def plot_error_breakdown(report: dict, ax=None):
     """Bar chart of ΔAP (AP points recovered by fixing one error type) from an `analyse_errors` report."""
     import math
 
     import matplotlib.pyplot as plt
+
+    from fasterrcnn_edu.viz import ERROR_COLORS
     if not math.isfinite(report["map"]):
         raise ValueError("the report's mAP is undefined (no ground-truth object), so there is no breakdown to plot")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.6))
     values = [100 * report["delta_ap"][kind] for kind in ERROR_TYPES]
-    bars = ax.bar(ERROR_TYPES, values, color=[TYPE_COLOURS[k] for k in ERROR_TYPES])
+    bars = ax.bar(ERROR_TYPES, values, color=[ERROR_COLORS[k] for k in ERROR_TYPES])
     ax.bar_label(bars, fmt="%.1f", padding=2)
     ax.set_ylabel("ΔAP if fixed (AP points)")
     metric = report["settings"]["metric"]
