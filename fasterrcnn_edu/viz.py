@@ -59,7 +59,7 @@ ERROR_COLORS = {"classification": "tab:red", "localisation": "tab:orange", "both
 _ERROR_TAGS = {"classification": "cls", "localisation": "loc", "both": "both", "duplicate": "dup",
                "background": "bkg"}
 _TRUE_POSITIVE_COLOR = "tab:green"
-_IGNORED_COLOR = "0.7"
+_IGNORED_COLOR = "0.85"
 _UNDETECTED_COLOR = "#ffd400"         # yellow: no warm error colour, no class colour of the shapes' tab10
 
 
@@ -210,13 +210,14 @@ def draw_boxes(ax: Axes, boxes, labels=None, scores=None, class_names: Sequence[
     return ax
 
 
-def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3) -> Axes:
+def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3, color=GT_STYLE_COLOR, linestyle: str = "--") -> Axes:
     """Ground-truth boxes in the book's one neutral style: white, dashed, with a thin black outline
-    (visible on light and dark backgrounds), no label: class colours belong to predictions."""
+    (visible on light and dark backgrounds), no label: class colours belong to predictions.
+    `color` and `linestyle` mark a kind of object apart (`plot_detection_verdicts`)."""
     from matplotlib import patheffects
 
     for x1, y1, x2, y2 in _np_boxes(boxes, "boxes", "draw_ground_truth"):
-        patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_STYLE_COLOR, linestyle="--",
+        patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linestyle=linestyle,
                           linewidth=linewidth)
         patch.set_path_effects([patheffects.withStroke(linewidth=linewidth + 1.4, foreground="black", alpha=0.7)])
         ax.add_patch(patch)
@@ -301,8 +302,8 @@ def plot_detection_verdicts(image, detections: Mapping, kinds: Sequence[str], ta
     difficult = np.zeros(len(gt), dtype=bool) if targets.get("difficult") is None else _np(targets["difficult"]).astype(bool)
     undetected = _np(undetected).astype(bool).reshape(-1) & ~difficult
     draw_ground_truth(ax, gt[~difficult & ~undetected])
-    draw_boxes(ax, gt[undetected], color=_UNDETECTED_COLOR, linestyle="--", linewidth=1.8)
-    draw_boxes(ax, gt[difficult], color=_IGNORED_COLOR, linestyle=":", linewidth=1.3)
+    draw_ground_truth(ax, gt[undetected], linewidth=1.8, color=_UNDETECTED_COLOR)
+    draw_ground_truth(ax, gt[difficult], linewidth=1.8, color=_IGNORED_COLOR, linestyle=":")
     boxes = _np_boxes(detections["boxes"], "detections['boxes']", "plot_detection_verdicts")
     scores, labels = _np(detections["scores"]).reshape(-1), _np(detections["labels"]).reshape(-1)
     kinds = np.asarray(kinds, dtype=object)
@@ -332,10 +333,11 @@ def verdict_legend(fig: Figure, ncol: int = 4) -> None:
     handles = [Line2D([], [], color=_TRUE_POSITIVE_COLOR, lw=2, label="true positive")]
     handles += [Line2D([], [], color=ERROR_COLORS[kind], lw=2, label=f"{tag}: {kind} error")
                 for kind, tag in _ERROR_TAGS.items()]
-    handles += [Line2D([], [], color=_UNDETECTED_COLOR, lw=2, ls="--", label="object not found"),
-                Line2D([], [], color=GT_STYLE_COLOR, lw=1.5, ls="--", label="object found",
-                       path_effects=[patheffects.withStroke(linewidth=2.9, foreground="black", alpha=0.7)]),
-                Line2D([], [], color=_IGNORED_COLOR, lw=1.5, ls=":", label="difficult object (ignored)")]
+    outline = [patheffects.withStroke(linewidth=3.2, foreground="black", alpha=0.7)]
+    handles += [Line2D([], [], color=_UNDETECTED_COLOR, lw=1.8, ls="--", label="object not found", path_effects=outline),
+                Line2D([], [], color=GT_STYLE_COLOR, lw=1.8, ls="--", label="object found", path_effects=outline),
+                Line2D([], [], color=_IGNORED_COLOR, lw=1.8, ls=":", label="difficult object (ignored)",
+                       path_effects=outline)]
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=SMALL_PT, frameon=False)
 
 
@@ -735,7 +737,7 @@ def plot_recall_vs_proposals(per_image: Mapping[str, Sequence[float]], values: M
     ax.grid(alpha=0.3)
     ax.legend(fontsize=SMALL_PT, loc="lower right")
     if title is not None:
-        ax.set_title(title, fontsize=SMALL_PT + 1)
+        ax.set_title(title)
     return ax
 
 

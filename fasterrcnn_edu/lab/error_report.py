@@ -57,9 +57,9 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"{'all FPs':<16} {100 * report['delta_ap']['all false positives']:7.2f}")
     lines.append(f"{'all':<16} {100 * report['delta_ap']['all']:7.2f}")
     # The count columns mean different things for the false-positive rows and for "missed": say so under the table.
-    lines.append(f"(count: false positives of the type; for missed, objects no detection explains. "
-                 f"score >= {threshold:g}: those scoring at least {threshold:g}; for missed, objects with no "
-                 f"true positive scoring at least {threshold:g})")
+    lines.append("count: false positives of the type; for missed, the objects no detection explains")
+    lines.append(f"score >= {threshold:g}: those scoring at least {threshold:g}; for missed, the objects with no "
+                 f"true positive scoring at least {threshold:g}")
     for name, table in report["misses"].items():
         cells = [f"{group} {row['not_detected_at_threshold']}/{row['objects']}" for group, row in table.items()]
         lines.append(f"undetected at score >= {threshold:g}, {name.replace('_', ' ')}: " + ", ".join(cells))
