@@ -21,15 +21,24 @@ missed             (an object) no true positive, and no localisation   drop the 
                    or classification error points at it                truth (AP's recall denominator)
 =================  ==================================================  ====================================
 
-(*) if a true positive already has that object, or a higher-scoring error of the same fix
-claimed it first, the detection is removed instead (it would only become a duplicate).
+(*) An object can take only one corrected detection. With ``fix_rule="tide"`` (the default,
+TIDE's own rule: ``tidecv/errors/error.py``, ``BestGTMatch``), the one is the highest-scoring of
+*all* the localisation and classification errors on the object, whichever type is being fixed:
+the fix corrects it if it is of the fixed type, and removes every other error of the fixed type
+on that object. So fixing classification removes a classification error whose object also has
+a higher-scoring localisation error (which stays a false positive), and the other way round.
+With ``fix_rule="per-type"`` (ours, not TIDE's) the one is the highest-scoring
+error of the fixed type alone, which credits each type with more. Either way an object that
+already has a true positive takes none: the errors on it are removed.
 
 When a false positive meets two rows, the first row in the order localisation, classification,
 duplicate, background, both wins (TIDE's order): each false positive counts once. True positives
 and ignored detections (on `difficult` objects) are decided exactly as `evaluation.evaluate_voc`
-decides them (the PASCAL devkit's matching), so fixing nothing reproduces its AP, and fixing
-every type gives AP 1. ΔAP is VOC AP (`evaluate_voc`, 11-point by default) after the fix minus
-before; the ΔAPs of different types overlap and do not add up to 1 - mAP.
+decides them (the PASCAL devkit's matching: each detection looks only at its best object of its
+class; TIDE's own matching takes the best *unclaimed* one, COCO-style), so fixing nothing
+reproduces its AP, and fixing every type gives AP 1. ΔAP is VOC AP (`evaluate_voc`, 11-point by
+default; TIDE's toolbox uses COCO-style 101-point AP) after the fix minus before; the ΔAPs of
+different types overlap and do not add up to 1 - mAP.
 
 Misses are also broken down by object size (fixed COCO bins of the box area in original image
 pixels: small < 32², medium < 96², large), by `truncated`, and by occlusion: the target's
@@ -48,7 +57,7 @@ import torch
 from fasterrcnn_edu.boxes import as_boxes, box_iou
 from fasterrcnn_edu.evaluation import evaluate_voc
 
-__all__ = ["FG_IOU", "BG_IOU", "ERROR_TYPES", "FALSE_POSITIVE_TYPES", "SIZE_BINS", "OCCLUSION_BINS",
+__all__ = ["FG_IOU", "BG_IOU", "ERROR_TYPES", "FALSE_POSITIVE_TYPES", "FIX_RULES", "SIZE_BINS", "OCCLUSION_BINS",
            "ImageErrors", "classify_image", "fix_errors", "analyse_errors"]
 
 FG_IOU = 0.5       # t_f: VOC's matching threshold
@@ -56,6 +65,10 @@ BG_IOU = 0.1       # t_b: below this a detection touches no object (TIDE's defau
 
 FALSE_POSITIVE_TYPES = ("localisation", "classification", "duplicate", "background", "both")
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
+# Which error an object's one correction goes to (module docstring): TIDE's rule, or ours per type.
+FIX_RULES = ("tide", "per-type")
+# The error types an oracle fixes by turning the detection into a true positive.
+MOVER_TYPES = ("localisation", "classification")
 
 # COCO's area ranges, in original image pixels (box area w * h).
 SIZE_BINS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, float("inf")))
@@ -151,23 +164,27 @@ def classify_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tens
                        gt_tp_score=gt_tp_score, missed=missed)
 
 
-def _fix_image(detection: dict, target: dict, errors: ImageErrors, fix: frozenset[str]) -> tuple[dict, dict]:
+def _fix_image(detection: dict, target: dict, errors: ImageErrors, fix: frozenset[str],
+               fix_rule: str = "tide") -> tuple[dict, dict]:
     """One image's detections and targets with the errors of the types in `fix` corrected (see the module table)."""
     boxes = as_boxes(detection["boxes"], "detection['boxes']", "fix_errors").clone()
     labels = detection["labels"].clone()
     scores = detection["scores"]
     keep = ~np.isin(errors.kind, list(fix & {"duplicate", "background", "both"}))
-    movers = np.isin(errors.kind, list(fix & {"localisation", "classification"}))
+    movers = np.isin(errors.kind, list(fix & set(MOVER_TYPES)))
     if movers.any():
-        # In descending score, the first mover per object not already detected gets it; the rest go.
+        # The contenders for each object's one correction: every localisation and classification
+        # error on it (TIDE), or only those of the fixed types (ours). In descending score, the first
+        # contender per object wins; it is corrected if it is a mover and its object has no true positive.
+        contenders = np.isin(errors.kind, MOVER_TYPES) if fix_rule == "tide" else movers
         order = np.argsort(-scores.cpu().double().numpy(), kind="stable")
-        claimers = order[movers[order]]
+        claimers = order[contenders[order]]
         free = np.isnan(errors.gt_tp_score)[errors.target[claimers]]
         _, first = np.unique(errors.target[claimers], return_index=True)
         winners = np.zeros(len(claimers), dtype=bool)
         winners[first] = True
-        winners &= free
-        keep[claimers[~winners]] = False
+        winners &= free & movers[claimers]
+        keep[claimers[movers[claimers] & ~winners]] = False     # fixed-type losers go; other types stay
         for i in claimers[winners]:
             gt = int(errors.target[i])
             if errors.kind[i] == "localisation":
@@ -184,16 +201,19 @@ def _fix_image(detection: dict, target: dict, errors: ImageErrors, fix: frozense
 
 
 def fix_errors(detections: Sequence[dict], targets: Sequence[dict], errors: Sequence[ImageErrors],
-               fix: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """Detections and targets with every error of the types in `fix` corrected by TIDE's oracle.
+               fix: Sequence[str], fix_rule: str = "tide") -> tuple[list[dict], list[dict]]:
+    """Detections and targets with every error of the types in `fix` corrected by the oracle.
 
     detections, targets: per image, as `inference.predict_dataset` returns them; errors: the
-    `classify_image` verdict of each image; fix: a subset of `ERROR_TYPES`.
+    `classify_image` verdict of each image; fix: a subset of `ERROR_TYPES`; fix_rule: one of
+    `FIX_RULES`, which error an object's one correction goes to (module docstring).
     """
     unknown = set(fix) - set(ERROR_TYPES)
     if unknown:
         raise ValueError(f"unknown error types {sorted(unknown)}; expected some of {ERROR_TYPES}")
-    pairs = [_fix_image(d, t, e, frozenset(fix)) for d, t, e in zip(detections, targets, errors)]
+    if fix_rule not in FIX_RULES:
+        raise ValueError(f"unknown fix rule {fix_rule!r}; expected one of {FIX_RULES}")
+    pairs = [_fix_image(d, t, e, frozenset(fix), fix_rule) for d, t, e in zip(detections, targets, errors)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -313,14 +333,15 @@ def _worst_images(detections, errors, image_ids, objects: dict, score_threshold:
 def analyse_errors(detections: Sequence[dict], targets: Sequence[dict], num_classes: int,
                    class_names: Sequence[str] | None = None, use_07_metric: bool = True,
                    fg_iou: float = FG_IOU, bg_iou: float = BG_IOU, score_threshold: float = 0.5,
-                   top: int = 8) -> dict:
+                   top: int = 8, fix_rule: str = "tide") -> dict:
     """TIDE's error breakdown of a detector on a split, with the mAP each error type costs.
 
     detections: per image, {"boxes" (D, 4), "scores" (D,), "labels" (D,)}; targets: per image,
     {"boxes" (G, 4), "labels" (G,), optional "difficult" (G,) bool, "truncated" (G,) bool,
     "occlusion" (G,) float, "image_id"}: both as `inference.predict_dataset` returns them.
     num_classes: K + 1 (with the background). score_threshold: the operating point of the
-    "at threshold" miss counts and of `worst_images` (0.5: what `detect` draws).
+    "at threshold" miss counts and of `worst_images` (0.5: what `detect` draws). fix_rule: one
+    of `FIX_RULES`, which error an object's one correction goes to (module docstring).
 
     Returns a JSON-ready dict: "map" (VOC AP before any fix), "delta_ap" (per `ERROR_TYPES`
     entry, plus "all false positives" and "all"), "map_fixed" (the same, mAP after the fix),
@@ -340,7 +361,8 @@ def analyse_errors(detections: Sequence[dict], targets: Sequence[dict], num_clas
     fixes = {kind: (kind,) for kind in ERROR_TYPES}
     fixes["all false positives"] = FALSE_POSITIVE_TYPES
     fixes["all"] = ERROR_TYPES
-    map_fixed = {name: mean_ap(*fix_errors(detections, targets, errors, types)) for name, types in fixes.items()}
+    map_fixed = {name: mean_ap(*fix_errors(detections, targets, errors, types, fix_rule))
+                 for name, types in fixes.items()}
 
     kinds = np.concatenate([e.kind for e in errors]) if errors else np.zeros(0, dtype=object)
     scores = np.concatenate([d["scores"].cpu().numpy() for d in detections]) if detections else np.zeros(0)
@@ -361,7 +383,8 @@ def analyse_errors(detections: Sequence[dict], targets: Sequence[dict], num_clas
                      "occlusion": ("the targets' occlusion field" if targets and targets[0].get("occlusion") is not None
                                    else "proxy: the largest fraction of the object's box covered by another "
                                         "object's box (the annotations record no occlusion)"),
-                     "precedence": list(FALSE_POSITIVE_TYPES)},
+                     "precedence": list(FALSE_POSITIVE_TYPES),
+                     "fix_rule": fix_rule},
         "images": len(targets),
         "map": base,
         "delta_ap": {name: value - base for name, value in map_fixed.items()},

@@ -30,7 +30,8 @@ from fasterrcnn_edu.boxes import as_boxes
 __all__ = [
     "class_color", "panels", "show_image", "draw_boxes", "draw_ground_truth", "plot_detections", "plot_anchors",
     "anchor_centers", "plot_anchor_grid", "plot_anchor_labels", "plot_anchor_matches", "plot_proposals", "score_colorbar",
-    "plot_nms_steps", "mark_cross_class_duplicates",
+    "plot_nms_steps", "mark_cross_class_duplicates", "plot_detection_verdicts", "verdict_legend", "ERROR_COLORS",
+    "plot_recall_vs_proposals",
     "roi_pool_bins", "plot_roi_pool", "plot_pr_curves", "plot_recall_vs_iou",
     "plot_loss_curves", "whole_run_steps", "plot_feature_map", "image_grid", "network_shapes", "plot_network", "plot_rpn_head",
     "GT_COLOR", "GT_STYLE_COLOR", "POSITIVE_COLOR", "NEGATIVE_COLOR", "SUPPRESSED_COLOR", "SMALL_PT",
@@ -52,6 +53,16 @@ SUPPRESSED_COLOR = "0.55"
 # book's ~700-px column at >= 700 / (8 * 72) px per pt, so 8 pt is >= 9 CSS px there.
 #: The smallest text size (pt) of the book's figures.
 SMALL_PT = 8.0
+#: Colour of each of TIDE's error types (`error_analysis`), in every figure that shows them:
+#: false positives warm, the missed objects grey.
+ERROR_COLORS = {"classification": "tab:red", "localisation": "tab:orange", "both": "tab:brown",
+                "duplicate": "tab:purple", "background": "tab:pink", "missed": "tab:gray"}
+# `plot_detection_verdicts`: short tags of the false-positive types, and the styles of the other verdicts.
+_ERROR_TAGS = {"classification": "cls", "localisation": "loc", "both": "both", "duplicate": "dup",
+               "background": "bkg"}
+_TRUE_POSITIVE_COLOR = "tab:green"
+_IGNORED_COLOR = "0.85"
+_UNDETECTED_COLOR = "#ffd400"         # yellow: no warm error colour, no class colour of the shapes' tab10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,13 +212,14 @@ def draw_boxes(ax: Axes, boxes, labels=None, scores=None, class_names: Sequence[
     return ax
 
 
-def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3) -> Axes:
+def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3, color=GT_STYLE_COLOR, linestyle: str = "--") -> Axes:
     """Ground-truth boxes in the book's one neutral style: white, dashed, with a thin black outline
-    (visible on light and dark backgrounds), no label: class colours belong to predictions."""
+    (visible on light and dark backgrounds), no label: class colours belong to predictions.
+    `color` and `linestyle` mark a kind of object apart (`plot_detection_verdicts`)."""
     from matplotlib import patheffects
 
     for x1, y1, x2, y2 in _np_boxes(boxes, "boxes", "draw_ground_truth"):
-        patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_STYLE_COLOR, linestyle="--",
+        patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linestyle=linestyle,
                           linewidth=linewidth)
         patch.set_path_effects([patheffects.withStroke(linewidth=linewidth + 1.4, foreground="black", alpha=0.7)])
         ax.add_patch(patch)
@@ -234,6 +246,101 @@ def plot_detections(image, detections: Mapping, class_names: Sequence[str] | Non
     if title is not None:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def _place_tag(ax: Axes, box: np.ndarray, text: str, color, placed: list) -> None:
+    """Write `text` at a corner of `box` (x1, y1, x2, y2), inside the axes and over no tag in `placed`
+    (display-space extents, appended to); the first corner tried wins when every corner fails."""
+    x1, y1, x2, y2 = box
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    style = dict(fontsize=SMALL_PT, color="white", clip_on=True,
+                 bbox=dict(facecolor=color, edgecolor="none", alpha=0.85, pad=1.0))
+    # Above or below the top edge, then below or above the bottom edge; left-aligned, then right-aligned.
+    corners = [(x, y, va, ha) for x, ha in ((x1, "left"), (x2, "right"))
+               for y, va in ((y1, "bottom"), (y1, "top"), (y2, "top"), (y2, "bottom"))]
+    for x, y, va, ha in corners:
+        tag = ax.text(x, y, text, va=va, ha=ha, **style)
+        extent = tag.get_window_extent(renderer)
+        inside = frame.x0 <= extent.x0 and extent.x1 <= frame.x1 and frame.y0 <= extent.y0 and extent.y1 <= frame.y1
+        if inside and not any(extent.overlaps(other) for other in placed):
+            placed.append(extent)
+            return
+        tag.remove()
+    # Every corner taken: move away from the top edge, one tag height at a time, down and up in
+    # turn, to the nearest free place inside the axes (the top edge itself if there is none).
+    tag = ax.text(x1, y1, text, va="top", ha="left", **style)
+    to_data = ax.transData.inverted().transform
+    step = abs(to_data((0, 0))[1] - to_data((0, tag.get_window_extent(renderer).height))[1])
+    for k in range(1, int(abs(ax.get_ylim()[0] - ax.get_ylim()[1]) / max(step, 1e-9)) + 1):
+        for y in (y1 + k * step, y1 - k * step):
+            tag.set_y(y)
+            extent = tag.get_window_extent(renderer)
+            inside = frame.y0 <= extent.y0 and extent.y1 <= frame.y1
+            if inside and not any(extent.overlaps(other) for other in placed):
+                placed.append(extent)
+                return
+    tag.set_y(y1)
+    placed.append(tag.get_window_extent(renderer))
+
+
+def plot_detection_verdicts(image, detections: Mapping, kinds: Sequence[str], targets: Mapping, undetected,
+                            class_names: Sequence[str] | None = None, score_threshold: float = 0.5,
+                            ax: Axes | None = None, title: str | None = None) -> Axes:
+    """An image with its detections above `score_threshold` drawn by verdict, and its objects by whether one was found.
+
+    detections: dict with boxes (D, 4), labels (D,), scores (D,); kinds: (D,) the verdict of each
+    (`error_analysis.classify_image`: "true positive", "ignored" or a false-positive type);
+    targets: dict with boxes (G, 4) and optional difficult (G,) bool; undetected: (G,) bool, the
+    objects no true positive scoring >= `score_threshold` finds.
+
+    True positives are solid green and untagged; false positives solid in their type's colour
+    (`ERROR_COLORS`) with a "type class score" tag placed where it hides no other tag; detections
+    on difficult objects (ignored) thin grey. Objects: found ones dashed white (`draw_ground_truth`),
+    undetected ones dashed yellow, difficult ones dotted grey. `verdict_legend` explains the styles.
+    """
+    ax = show_image(image, ax=ax)
+    gt = _np_boxes(targets["boxes"], "targets['boxes']", "plot_detection_verdicts")
+    difficult = np.zeros(len(gt), dtype=bool) if targets.get("difficult") is None else _np(targets["difficult"]).astype(bool)
+    undetected = _np(undetected).astype(bool).reshape(-1) & ~difficult
+    draw_ground_truth(ax, gt[~difficult & ~undetected])
+    draw_ground_truth(ax, gt[undetected], linewidth=1.8, color=_UNDETECTED_COLOR)
+    draw_ground_truth(ax, gt[difficult], linewidth=1.8, color=_IGNORED_COLOR, linestyle=":")
+    boxes = _np_boxes(detections["boxes"], "detections['boxes']", "plot_detection_verdicts")
+    scores, labels = _np(detections["scores"]).reshape(-1), _np(detections["labels"]).reshape(-1)
+    kinds = np.asarray(kinds, dtype=object)
+    if len(kinds) != len(boxes):
+        raise ValueError(f"plot_detection_verdicts: {len(kinds)} verdicts for {len(boxes)} detections")
+    shown = scores >= score_threshold
+    draw_boxes(ax, boxes[shown & (kinds == "true positive")], color=_TRUE_POSITIVE_COLOR, linewidth=1.6)
+    draw_boxes(ax, boxes[shown & (kinds == "ignored")], color=_IGNORED_COLOR, linewidth=1.0)
+    ax.figure.canvas.draw()           # settle the layout, so that tag extents are where they will be drawn
+    placed: list = []
+    errors = np.flatnonzero(shown & np.isin(kinds, list(_ERROR_TAGS)))
+    for i in errors[np.argsort(-scores[errors], kind="stable")]:           # the best-scoring errors tagged first
+        color = ERROR_COLORS[kinds[i]]
+        draw_boxes(ax, boxes[i:i + 1], color=color, linewidth=2.0)
+        _place_tag(ax, boxes[i], f"{_ERROR_TAGS[kinds[i]]} {_class_name(labels[i], class_names)} {scores[i]:.2f}",
+                   color, placed)
+    if title is not None:
+        ax.set_title(title, fontsize=SMALL_PT + 1)
+    return ax
+
+
+def verdict_legend(fig: Figure, ncol: int = 4) -> None:
+    """The legend of `plot_detection_verdicts`' styles, below the figure's panels. Add it before the
+    panels are drawn: the legend shrinks the panels, and the tags are placed on the final layout."""
+    from matplotlib import patheffects
+
+    handles = [Line2D([], [], color=_TRUE_POSITIVE_COLOR, lw=2, label="true positive")]
+    handles += [Line2D([], [], color=ERROR_COLORS[kind], lw=2, label=f"{tag}: {kind} error")
+                for kind, tag in _ERROR_TAGS.items()]
+    outline = [patheffects.withStroke(linewidth=3.2, foreground="black", alpha=0.7)]
+    handles += [Line2D([], [], color=_UNDETECTED_COLOR, lw=1.8, ls="--", label="object not found", path_effects=outline),
+                Line2D([], [], color=GT_STYLE_COLOR, lw=1.8, ls="--", label="object found", path_effects=outline),
+                Line2D([], [], color=_IGNORED_COLOR, lw=1.8, ls=":", label="difficult object (ignored)",
+                       path_effects=outline)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=SMALL_PT, frameon=False)
 
 
 def mark_cross_class_duplicates(ax: Axes, detections: Mapping, class_names: Sequence[str] | None = None,
@@ -624,6 +731,47 @@ def plot_recall_vs_iou(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], ax: 
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+def plot_recall_vs_proposals(per_image: Mapping[str, Sequence[float]], values: Mapping[str, Sequence[float]],
+                             requested: Sequence[int], ax: Axes | None = None, ylabel: str = "average recall",
+                             title: str | None = None) -> Axes:
+    """A proposal method's recall against the number of boxes an image really has, one line per method.
+
+    per_image, values: method -> (N,) mean boxes per image and the recall measure (e.g. AR) for each
+    requested top-N in `requested` (N,). Each point is tagged with its requested N, so two
+    requests that give the same boxes (a cap, NMS) show as one point with two tags.
+    """
+    ax = _axes(ax, figsize=(4.5, 4))
+    markers = "osd^v<>p*h"
+    for i, (name, counts) in enumerate(per_image.items()):
+        x, y = np.asarray(counts, dtype=float), np.asarray(values[name], dtype=float)
+        ax.plot(x, y, marker=markers[i % len(markers)], markersize=4, linewidth=1.3, color=class_color(i), label=name)
+        for j, ((xi, yi), group) in enumerate(zip(*_same_points(x, y))):     # alternate heights: no overlap
+            ax.annotate("N = " + ", ".join(str(requested[j]) for j in group), (xi, yi), textcoords="offset points",
+                        xytext=(0, (6 + 10 * (j % 2)) if i == 0 else -(11 + 10 * (j % 2))), ha="center",
+                        fontsize=SMALL_PT, color=class_color(i))
+    ax.set_xlim(0, 1.1 * max(max(v) for v in per_image.values()))
+    ax.set_ylim(0, 1.25 * max(max(v) for v in values.values()))
+    ax.set_xlabel("proposals per image (mean)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=SMALL_PT, loc="lower right")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _same_points(x: np.ndarray, y: np.ndarray) -> tuple[list[tuple[float, float]], list[list[int]]]:
+    """Group the indices of equal (x, y) points (rounded to 6 decimals), in order: (points, index groups)."""
+    points, groups = [], []
+    for j, key in enumerate(zip(np.round(x, 6), np.round(y, 6))):
+        if key in points:
+            groups[points.index(key)].append(j)
+        else:
+            points.append(key)
+            groups.append([j])
+    return points, groups
 
 
 def _ema(values: np.ndarray, weight: float) -> np.ndarray:

@@ -153,3 +153,57 @@ def test_occlusion_proxy_and_field():
     t["occlusion"] = torch.tensor([0.0, 0.1, 0.0])
     occ = analyse_errors([_det([])], [t], num_classes=3)["misses"]["by_occlusion"]
     assert occ["none"]["objects"] == 2 and occ["up to 25 %"]["objects"] == 1
+
+
+# TIDE's fix rule on a hand-built image. Ground truth, both class 1: g0 (0, 0, 100, 100) and
+# g1 (200, 0, 300, 100). Detections: A, class 2 exactly on g0 (a classification error); B, class 1
+# at (50, 0, 150, 100), IoU 5000 / 15000 = 1/3 with g0 (a localisation error); C, class 1 on g1 (a
+# true positive, score 0.7). Class 2 has no object, so the mAP is class 1's AP, npos 2.
+TIDE_GT = [(0, 0, 100, 100, 1), (200, 0, 300, 100, 1)]
+
+
+def _tide_scene(score_cls: float, score_loc: float):
+    dets = [(0, 0, 100, 100, score_cls, 2), (50, 0, 150, 100, score_loc, 1), (200, 0, 300, 100, 0.7, 1)]
+    return _det(dets), _tgt(TIDE_GT)
+
+
+# Worked by hand, 11-point AP. Before any fix, class 1 in score order is B (FP), C (TP): precision
+# 1/2 at recall 1/2, so AP = 6 * (1/2) / 11 = 3/11 in both scenes.
+# Scene 1, A (0.9) outscores B (0.8) on g0:
+#  - fix classification: A, the best error on g0, becomes a class-1 TP; B stays an FP. A, B, C =
+#    TP, FP, TP: precision 1 up to recall 1/2, 2/3 at recall 1: (6 * 1 + 5 * 2/3) / 11 = 28/33.
+#  - fix localisation (TIDE): g0's correction goes to A, which is not being fixed, so B is removed:
+#    C alone, precision 1 up to recall 1/2: 6/11. (Ours, per type: B is moved onto g0, AP 1.)
+# Scene 2, B (0.9) outscores A (0.8):
+#  - fix localisation: B moves onto g0: B, C both TP, AP 1.
+#  - fix classification (TIDE): g0's correction goes to B, so A is removed; class 1 is unchanged,
+#    AP 3/11, ΔAP 0. (Ours, per type: A becomes a TP between B and C: FP, TP, TP, precision 2/3 at
+#    recall 1, so AP = 11 * (2/3) / 11 = 2/3.)
+TIDE_CASES = [
+    (0.9, 0.8, "tide", {"classification": 28 / 33, "localisation": 6 / 11}),
+    (0.9, 0.8, "per-type", {"classification": 28 / 33, "localisation": 1.0}),
+    (0.8, 0.9, "tide", {"classification": 3 / 11, "localisation": 1.0}),
+    (0.8, 0.9, "per-type", {"classification": 2 / 3, "localisation": 1.0}),
+]
+
+
+@pytest.mark.parametrize("score_cls, score_loc, rule, expected", TIDE_CASES)
+def test_tide_fix_rule_gives_an_object_to_its_best_error_of_either_type(score_cls, score_loc, rule, expected):
+    d, t = _tide_scene(score_cls, score_loc)
+    errors = classify_image(d["boxes"], d["scores"], d["labels"], t["boxes"], t["labels"], t["difficult"])
+    assert list(errors.kind) == ["classification", "localisation", "true positive"]
+    report = analyse_errors([d], [t], num_classes=3, fix_rule=rule)
+    assert report["map"] == pytest.approx(3 / 11)
+    assert report["settings"]["fix_rule"] == rule
+    for kind, value in expected.items():
+        assert report["map_fixed"][kind] == pytest.approx(value), kind
+    # g0 is covered by both errors, so it is not missed; fixing both types at once corrects the best one.
+    assert report["counts"]["missed"]["all"] == 0
+    assert report["map_fixed"]["all false positives"] == pytest.approx(1.0)
+
+
+def test_fix_errors_refuses_an_unknown_rule():
+    d, t = _tide_scene(0.9, 0.8)
+    errors = [classify_image(d["boxes"], d["scores"], d["labels"], t["boxes"], t["labels"], t["difficult"])]
+    with pytest.raises(ValueError, match="unknown fix rule 'coco'"):
+        fix_errors([d], [t], errors, ["localisation"], fix_rule="coco")

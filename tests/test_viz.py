@@ -258,3 +258,36 @@ def test_panels_fit_the_column(n, ncols, shape):
     assert tuple(fig.get_size_inches()) == pytest.approx((2.6 * shape[1], 2.0 * shape[0]))
     fig, _ = viz.panels(4)                                      # the default: two 3.9-inch panels per row
     assert fig.get_size_inches()[0] == pytest.approx(7.8)
+
+
+def test_detection_verdict_tags_do_not_overlap_and_stay_inside():
+    """Crowded false positives (one tag each) on a small image: every tag inside the axes, none over another."""
+    from fasterrcnn_edu.viz import panels, plot_detection_verdicts, verdict_legend
+    boxes = torch.tensor([[10, 10, 60, 60], [12, 12, 62, 62], [14, 10, 64, 58], [10, 14, 58, 64],
+                          [250, 0, 320, 40], [100, 200, 150, 256]], dtype=torch.float32)
+    detections = {"boxes": boxes, "scores": torch.tensor([0.9, 0.85, 0.8, 0.75, 0.7, 0.65]),
+                  "labels": torch.tensor([1, 2, 1, 2, 1, 2])}
+    kinds = ["localisation", "classification", "both", "background", "duplicate", "both"]
+    targets = {"boxes": torch.tensor([[0, 0, 50, 50], [200, 100, 260, 160]], dtype=torch.float32),
+               "difficult": torch.tensor([False, True])}
+    fig, (ax,) = panels(1)
+    verdict_legend(fig)
+    plot_detection_verdicts(torch.rand(3, 256, 320), detections, kinds, targets, torch.tensor([True, False]),
+                            ["a", "b"], ax=ax)
+    fig.canvas.draw()
+    renderer, frame = fig.canvas.get_renderer(), ax.get_window_extent()
+    tags = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(tags) == 6
+    for i, a in enumerate(tags):
+        assert frame.x0 - 0.5 <= a.x0 and a.x1 <= frame.x1 + 0.5 and frame.y0 - 0.5 <= a.y0 and a.y1 <= frame.y1 + 0.5
+        assert not any(a.overlaps(b) for b in tags[i + 1:]), ax.texts[i].get_text()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2 verdicts for 6 detections"):
+        plot_detection_verdicts(torch.rand(3, 256, 320), detections, kinds[:2], targets, torch.tensor([True, False]))
+
+
+def test_recall_vs_proposals_tags_one_point_per_distinct_box_count():
+    """Two requests that leave the same boxes (a cap) are one point with both N in its tag."""
+    ax = viz.plot_recall_vs_proposals({"RPN": [300, 677, 677], "windows": [300, 1000, 2000]},
+                                      {"RPN": [0.54, 0.55, 0.55], "windows": [0.31, 0.34, 0.35]}, [300, 1000, 2000])
+    assert sorted(t.get_text() for t in ax.texts) == ["N = 1000", "N = 1000, 2000", "N = 2000", "N = 300", "N = 300"]

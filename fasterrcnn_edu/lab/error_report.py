@@ -17,27 +17,24 @@ from pathlib import Path
 import torch
 
 from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
-from fasterrcnn_edu.error_analysis import ERROR_TYPES
+from fasterrcnn_edu.error_analysis import ERROR_TYPES, FIX_RULES
 from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats, write_json
 
 __all__ = ["plot_error_breakdown", "summary_lines", "register"]
-
-# Colours: one per error type, false positives warm, misses grey.
-TYPE_COLOURS = {"classification": "tab:red", "localisation": "tab:orange", "both": "tab:brown",
-                "duplicate": "tab:purple", "background": "tab:pink", "missed": "tab:gray"}
-
 
 def plot_error_breakdown(report: dict, ax=None):
     """Bar chart of ΔAP (AP points recovered by fixing one error type) from an `analyse_errors` report."""
     import math
 
     import matplotlib.pyplot as plt
+
+    from fasterrcnn_edu.viz import ERROR_COLORS
     if not math.isfinite(report["map"]):
         raise ValueError("the report's mAP is undefined (no ground-truth object), so there is no breakdown to plot")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.6))
     values = [100 * report["delta_ap"][kind] for kind in ERROR_TYPES]
-    bars = ax.bar(ERROR_TYPES, values, color=[TYPE_COLOURS[k] for k in ERROR_TYPES])
+    bars = ax.bar(ERROR_TYPES, values, color=[ERROR_COLORS[k] for k in ERROR_TYPES])
     ax.bar_label(bars, fmt="%.1f", padding=2)
     ax.set_ylabel("ΔAP if fixed (AP points)")
     metric = report["settings"]["metric"]
@@ -52,13 +49,17 @@ def summary_lines(report: dict) -> list[str]:
     """The printed summary: mAP, ΔAP and count per type, misses by size, occlusion and truncation."""
     threshold = report["settings"]["score_threshold"]
     lines = [f"mAP {report['map']:.4f} ({report['settings']['metric']}, {report['images']} images, "
-             f"{report['counts']['objects']} non-difficult objects)",
+             f"{report['counts']['objects']} non-difficult objects; fix rule: {report['settings'].get('fix_rule', 'per-type')})",
              f"{'error type':<16} {'ΔAP':>7}  {'count':>6}  {f'score >= {threshold:g}':>13}"]
     for kind in ERROR_TYPES:
         count = report["counts"][kind]
         lines.append(f"{kind:<16} {100 * report['delta_ap'][kind]:7.2f}  {count['all']:6d}  {count['at_threshold']:13d}")
     lines.append(f"{'all FPs':<16} {100 * report['delta_ap']['all false positives']:7.2f}")
     lines.append(f"{'all':<16} {100 * report['delta_ap']['all']:7.2f}")
+    # The count columns mean different things for the false-positive rows and for "missed": say so under the table.
+    lines.append("count: false positives of the type; for missed, the objects no detection explains")
+    lines.append(f"score >= {threshold:g}: those scoring at least {threshold:g}; for missed, the objects with no "
+                 f"true positive scoring at least {threshold:g}")
     for name, table in report["misses"].items():
         cells = [f"{group} {row['not_detected_at_threshold']}/{row['objects']}" for group, row in table.items()]
         lines.append(f"undetected at score >= {threshold:g}, {name.replace('_', ' ')}: " + ", ".join(cells))
@@ -76,6 +77,10 @@ def register(subparsers, formatter_class) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="operating point of the 'at threshold' counts and the worst images")
     p.add_argument("--top", type=int, default=8, help="worst examples kept per error type")
+    p.add_argument("--fix-rule", choices=FIX_RULES, default="tide",
+                   help="which error an object's one correction goes to: TIDE's rule (the highest-scoring "
+                        "localisation or classification error on it) or ours, 'per-type' (the highest-scoring "
+                        "error of the type being fixed)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=Path("runs/errors.json"), help="JSON file; the figure goes beside it (.png)")
@@ -115,7 +120,7 @@ def errors_command(args: argparse.Namespace) -> int:
     subset = Subset(dataset, indices)
     detections, targets = predict_dataset(model, subset, device, progress=True)
     report = analyse_errors(detections, targets, len(classes) + 1, class_names=classes,
-                            score_threshold=args.score_threshold, top=args.top)
+                            score_threshold=args.score_threshold, top=args.top, fix_rule=args.fix_rule)
     report.update({"model": str(args.model), "model_sha256": file_sha256(args.model), "data": str(args.data),
                    "split": args.split, "command": command_line(), "environment": environment(device),
                    "seconds": round(time.perf_counter() - t0, 1)})
