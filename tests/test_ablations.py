@@ -143,6 +143,14 @@ def test_variant_proposals_shapes_and_meaning():
     for p in no_reg:                                       # every box is a (clipped) anchor
         assert all(bool(((clipped - box).abs() < 1e-4).all(dim=1).any()) for box in p)
 
+    # the variant's own pre-NMS cap, not the config's: NMS over the top 20 keeps fewer than 20,
+    # NMS over every anchor fills all 20 (the paper's "RPN N" is N of a 6000-box pre-NMS list)
+    capped = variant_proposals(ProposalVariant("r", "rpn", 20, pre_nms_top_n=20), *args)
+    wide = variant_proposals(ProposalVariant("r", "rpn", 20, pre_nms_top_n=len(anchors)), *args)
+    assert sum(len(p) for p in wide) > sum(len(p) for p in capped)
+    with pytest.raises(ValueError, match="pre_nms_top_n"):
+        ProposalVariant("bad", "rpn", 300, pre_nms_top_n=100)
+
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     a = variant_proposals(ProposalVariant("c", "no_cls", 15), *args, generator=g1)
     b = variant_proposals(ProposalVariant("c", "no_cls", 15), *args, generator=g2)

@@ -207,13 +207,14 @@ class ProposalVariant:
 
     ``kind`` is one of:
 
-    - ``"rpn"``: the normal pipeline: top ``pre_nms_top_n_test`` by objectness, NMS (0.7), top ``top_n``;
+    - ``"rpn"``: the normal pipeline: top ``pre_nms_top_n`` (default: the config's
+      ``rpn_pre_nms_top_n_test``) by objectness, NMS (0.7), top ``top_n``;
     - ``"no_nms"``: the top ``top_n`` regressed anchors by objectness, no NMS (the paper's Table 2
       row uses 6000: NMS "does not harm the detection mAP");
     - ``"no_cls"``: the cls output is ignored: ``top_n`` regressed anchors in random order, no NMS
       (the paper "randomly sample[s] N proposals from the unscored regions");
     - ``"no_reg"``: the reg output is ignored: the anchors themselves, ranked by objectness, NMS,
-      top ``top_n``;
+      top ``top_n`` (pre-NMS cap as for ``"rpn"``);
     - ``"dense"``: no RPN at all (one-stage): every anchor clipped to the image is a "proposal"
       (dense sliding windows of the anchors' scales and ratios); ``top_n`` is ignored.
     """
@@ -221,17 +222,27 @@ class ProposalVariant:
     name: str
     kind: str
     top_n: int = 300
+    #: Boxes kept by objectness before NMS ("rpn", "no_reg"); None: the config's
+    #: ``rpn_pre_nms_top_n_test``. The paper's Table 2 rows are N of a 6000-box pre-NMS list.
+    pre_nms_top_n: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown proposal variant kind {self.kind!r}; choose one of {KINDS}")
+        if self.pre_nms_top_n is not None and self.pre_nms_top_n < self.top_n:
+            raise ValueError(f"proposal variant {self.name!r}: pre_nms_top_n {self.pre_nms_top_n} "
+                             f"is below top_n {self.top_n}")
 
+
+#: The paper's pre-NMS list at test time (§3.3; released TEST.RPN_PRE_NMS_TOP_N): Table 2's
+#: "RPN N" rows are N of these 6000, whatever the book preset's own cap.
+PAPER_PRE_NMS_TEST = 6000
 
 DEFAULT_VARIANTS = (
-    ProposalVariant("RPN 300", "rpn", 300),
-    ProposalVariant("RPN 100", "rpn", 100),
-    ProposalVariant("RPN 50", "rpn", 50),
-    ProposalVariant("RPN 1000", "rpn", 1000),
+    ProposalVariant("RPN 300", "rpn", 300, PAPER_PRE_NMS_TEST),
+    ProposalVariant("RPN 100", "rpn", 100, PAPER_PRE_NMS_TEST),
+    ProposalVariant("RPN 50", "rpn", 50, PAPER_PRE_NMS_TEST),
+    ProposalVariant("RPN 1000", "rpn", 1000, PAPER_PRE_NMS_TEST),
     ProposalVariant("RPN (no NMS) 300", "no_nms", 300),
     ProposalVariant("RPN (no NMS) 1000", "no_nms", 1000),
     # The paper's Table 2 row: the top-ranked 6000 without NMS, to show that NMS does not hurt.
@@ -239,8 +250,8 @@ DEFAULT_VARIANTS = (
     ProposalVariant("RPN (no cls) 100", "no_cls", 100),
     ProposalVariant("RPN (no cls) 300", "no_cls", 300),
     ProposalVariant("RPN (no cls) 1000", "no_cls", 1000),
-    ProposalVariant("RPN (no reg) 300", "no_reg", 300),
-    ProposalVariant("RPN (no reg) 1000", "no_reg", 1000),
+    ProposalVariant("RPN (no reg) 300", "no_reg", 300, PAPER_PRE_NMS_TEST),
+    ProposalVariant("RPN (no reg) 1000", "no_reg", 1000, PAPER_PRE_NMS_TEST),
     ProposalVariant("one-stage: dense windows", "dense", 0),
 )
 
@@ -260,8 +271,9 @@ def variant_proposals(variant: ProposalVariant, cfg: Config, anchors: Tensor, ob
     batch = deltas.shape[0]
     min_size = cfg.rpn_min_size * scales
     no_nms = 1.0                    # suppress if IoU > 1.0: never
+    pre_cap = variant.pre_nms_top_n or cfg.rpn_pre_nms_top_n_test
     if variant.kind == "rpn":
-        pre, post, thresh = cfg.rpn_pre_nms_top_n_test, variant.top_n, cfg.rpn_nms_thresh
+        pre, post, thresh = pre_cap, variant.top_n, cfg.rpn_nms_thresh
     elif variant.kind == "no_nms":
         pre, post, thresh = variant.top_n, variant.top_n, no_nms
     elif variant.kind == "no_cls":
@@ -270,7 +282,7 @@ def variant_proposals(variant: ProposalVariant, cfg: Config, anchors: Tensor, ob
         pre, post, thresh = num_anchors, variant.top_n, no_nms
     elif variant.kind == "no_reg":
         deltas = torch.zeros_like(deltas)
-        pre, post, thresh = cfg.rpn_pre_nms_top_n_test, variant.top_n, cfg.rpn_nms_thresh
+        pre, post, thresh = pre_cap, variant.top_n, cfg.rpn_nms_thresh
     else:  # dense: all anchors, in anchor order (equal scores and a stable sort)
         deltas = torch.zeros_like(deltas)
         objectness = torch.zeros(batch, num_anchors, device=deltas.device)
