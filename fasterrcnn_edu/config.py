@@ -150,7 +150,8 @@ class Config:
                                                "x base size", "paper §3.1.1", "box areas 128², 256², 512² at base size 16")
     anchor_ratios: tuple[float, ...] = setting((0.5, 1.0, 2.0), positive_numbers(None, "a non-empty tuple of numbers > 0"),
                                                "height / width", "paper §3.1.1", "1:2, 1:1, 2:1")
-    legacy_anchors: bool = setting(False, None, "", "released code", "True: the released code's \"+1 pixel\" anchors")
+    legacy_anchors: bool = setting(False, None, "", "ours: continuous boxes (True: the released code's)",
+                                   "True: the released code's \"+1 pixel\" anchors (generate_anchors.py)")
 
     # --- RPN head and its training targets (paper §3.1, §3.1.2) ---------------------------
     rpn_channels: int = setting(512, interval(1, 4096, why=lambda v: f"the 3x3 RPN conv would hold 9 x {WIDEST_FEATURES} "
@@ -158,8 +159,9 @@ class Config:
                                 "channels", "paper §3.1", "512-d intermediate layer for VGG (256-d for ZF)")
     rpn_fg_iou: float = setting(0.7, FRACTION, "IoU", "paper §3.1.2",
                                 "positive if IoU > 0.7 (released code and torchvision: >= 0.7); also every anchor whose IoU "
-                                "equals a box's best, an exact float32 equality without tolerance (ours: the released "
-                                "code and torchvision's Matcher compare exactly too)", training_only=True)
+                                "equals a box's best, an exact float32 equality without tolerance, as the released "
+                                "anchor_target_layer.py (overlaps == gt_max_overlaps) and torchvision's Matcher",
+                                training_only=True)
     rpn_bg_iou: float = setting(0.3, FRACTION, "IoU", "paper §3.1.2", "negative if IoU < 0.3 for all ground truth",
                                 training_only=True)
     rpn_batch_size: int = setting(256, COUNT, "anchors per image", "paper §3.1.2", "256 anchors per image",
@@ -200,8 +202,8 @@ class Config:
                             "RoI max pooling; \"align\": RoIAlign (Mask R-CNN). Max pooling gets continuous boxes "
                             "(x2 not inclusive, ours), so round(x2/16) can take one more feature cell than the "
                             "released Caffe ROIPooling for about 1/16 of the RoIs")
-    roi_batch_size: int = setting(64, COUNT, "RoIs per image", "released alt-opt code: TRAIN.BATCH_SIZE 128 / "
-                                  "IMS_PER_BATCH 2", "RoIs per image in the 4-step Fast R-CNN stages: 2 images x 64 "
+    roi_batch_size: int = setting(64, COUNT, "RoIs per image", "released alt-opt code: TRAIN.BATCH_SIZE = 128 "
+                                  "(lib/fast_rcnn/config.py) / TRAIN.IMS_PER_BATCH = 2 (train_faster_rcnn_alt_opt.py)", "RoIs per image in the 4-step Fast R-CNN stages: 2 images x 64 "
                                   "= Fast R-CNN's R = 128 (joint training: `joint_roi_batch_size`)", training_only=True)
     roi_positive_fraction: float = setting(0.25, FRACTION, "", "Fast R-CNN §2.3", "25 % foreground", training_only=True)
     roi_fg_iou: float = setting(0.5, FRACTION, "IoU", "Fast R-CNN §2.3", "foreground IoU ≥ 0.5", training_only=True)
@@ -279,7 +281,7 @@ class Config:
                                               training_only=True)
     alt_proposal_post_nms_top_n: int = setting(2000, COUNT, "proposals", "released code: RPN_POST_NMS_TOP_N",
                                                "stored proposals after NMS", training_only=True)
-    joint: StageSchedule = _stage(70000, 0.001, 50000, "released code end2end (VOC07)",
+    joint: StageSchedule = _stage(70000, 0.001, 50000, "released code: faster_rcnn_end2end.sh ITERS=70000, solver.prototxt stepsize 50000",
                                   "approximate joint training; its iterations are updates of `joint_iter_size` "
                                   "mini-batches")
     joint_iter_size: int = setting(2, BATCH, "mini-batches per update", "released end-to-end solver: iter_size 2",
@@ -287,7 +289,7 @@ class Config:
                                    "`images_per_batch` images) into one SGD update of their mean loss, as Caffe's "
                                    "iter_size", training_only=True)
     joint_roi_batch_size: int = setting(128, COUNT, "RoIs per image", "released end-to-end code: TRAIN.BATCH_SIZE "
-                                        "128 / IMS_PER_BATCH 1", "RoIs sampled per image in joint training",
+                                        "= 128 (lib/fast_rcnn/config.py) / IMS_PER_BATCH: 1 (faster_rcnn_end2end.yml)", "RoIs sampled per image in joint training",
                                         training_only=True)
     seed: int = setting(0, interval(0, 2**32 - 1), "", "ours", "random seed (weights, data order, sampling)",
                         training_only=True)
