@@ -111,6 +111,8 @@ def config_of(state: dict, path: str | Path) -> Config:
         if isinstance(schedule, dict) and set(schedule) != {"iterations", "lr", "lr_step"}:
             raise CheckpointError(f"{path}: config field {name} must hold iterations, lr and lr_step, "
                                   f"got {sorted(schedule)}")
+    # Saved before joint-training accumulation existed: those runs took one image's RoI batch per update.
+    saved = {"joint_iter_size": 1, "joint_roi_batch_size": saved.get("roi_batch_size"), **saved}
     try:
         return Config.from_dict(saved)
     except (TypeError, ValueError) as exc:
