@@ -222,8 +222,9 @@ class ProposalVariant:
     name: str
     kind: str
     top_n: int = 300
-    #: Boxes kept by objectness before NMS ("rpn", "no_reg"); None: the config's
-    #: ``rpn_pre_nms_top_n_test``. The paper's Table 2 rows are N of a 6000-box pre-NMS list.
+    #: Boxes kept by objectness before NMS (kinds "rpn" and "no_reg"), or None for the
+    #: config's ``rpn_pre_nms_top_n_test``. The paper's Table 2 rows are N of a 6000-box
+    #: pre-NMS list.
     pre_nms_top_n: int | None = None
 
     def __post_init__(self):
