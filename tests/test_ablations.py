@@ -181,9 +181,12 @@ def test_detect_variants_default_rpn_equals_the_model_itself():
 def test_evaluate_variants_reports_map_per_variant():
     torch.manual_seed(0)
     model = FasterRCNN(tiny_cfg()).eval()
-    variants = [ProposalVariant("RPN 10", "rpn", 10), ProposalVariant("no cls 10", "no_cls", 10)]
+    variants = [ProposalVariant("RPN 10", "rpn", 10), ProposalVariant("RPN 10 of 40", "rpn", 10, 40),
+                ProposalVariant("no cls 10", "no_cls", 10)]
     out = evaluate_variants(model, tiny_data(2), ["a", "b"], variants)
-    assert set(out) == {"RPN 10", "no cls 10"}
+    assert set(out) == {"RPN 10", "RPN 10 of 40", "no cls 10"}
+    # the file says which pre-NMS list each row used: the config's cap, the variant's own, none without NMS
+    assert [out[v.name]["pre_nms_top_n"] for v in variants] == [model.cfg.rpn_pre_nms_top_n_test, 40, None]
     for entry in out.values():
         assert set(entry["ap"]) == {"a", "b"}
         assert entry["voc07_map"] == pytest.approx(sum(entry["ap"].values()) / 2)     # the mean of the class APs

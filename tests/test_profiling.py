@@ -101,3 +101,16 @@ def test_measure_scaling_and_plots(model):
 def test_paper_table_adds_up():
     for row in profiling.PAPER_TABLE5_MS.values():
         assert row["conv"] + row["proposal"] + row["region-wise"] == row["total"]
+
+
+def test_count_macs_counts_conv_and_linear_by_hand():
+    # conv 3->4, 3x3, padding 1 on 5x6: 4*5*6 outputs x 3*9 each; then a linear 120->2: 2 outputs x 120
+    build = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(120, 2))
+    assert profiling.count_macs(build, (1, 3, 5, 6)) == 4 * 5 * 6 * 3 * 9 + 2 * 120
+
+
+def test_stage_colors_are_one_palette():
+    # a stage has the same colour in the bar chart and the stack plot, and its group's hue
+    assert profiling.stage_color("rpn_head") == profiling.stage_color("proposal")
+    assert profiling.stage_color("backbone") == profiling.stage_color("conv")
+    assert profiling.stage_color("transform") != profiling.stage_color("backbone")

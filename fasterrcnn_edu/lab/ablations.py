@@ -234,6 +234,13 @@ class ProposalVariant:
             raise ValueError(f"proposal variant {self.name!r}: pre_nms_top_n {self.pre_nms_top_n} "
                              f"is below top_n {self.top_n}")
 
+    def pre_nms_list(self, cfg: Config) -> int | None:
+        """How many boxes, best by objectness, enter NMS ("rpn", "no_reg"); None for the kinds without
+        NMS, which take their boxes another way."""
+        if self.kind not in ("rpn", "no_reg"):
+            return None
+        return self.pre_nms_top_n or cfg.rpn_pre_nms_top_n_test
+
 
 #: The paper's pre-NMS list at test time (§3.3; released TEST.RPN_PRE_NMS_TOP_N): Table 2's
 #: "RPN N" rows are N of these 6000, whatever the book preset's own cap.
@@ -272,9 +279,8 @@ def variant_proposals(variant: ProposalVariant, cfg: Config, anchors: Tensor, ob
     batch = deltas.shape[0]
     min_size = cfg.rpn_min_size * scales
     no_nms = 1.0                    # suppress if IoU > 1.0: never
-    pre_cap = variant.pre_nms_top_n or cfg.rpn_pre_nms_top_n_test
     if variant.kind == "rpn":
-        pre, post, thresh = pre_cap, variant.top_n, cfg.rpn_nms_thresh
+        pre, post, thresh = variant.pre_nms_list(cfg), variant.top_n, cfg.rpn_nms_thresh
     elif variant.kind == "no_nms":
         pre, post, thresh = variant.top_n, variant.top_n, no_nms
     elif variant.kind == "no_cls":
@@ -283,7 +289,7 @@ def variant_proposals(variant: ProposalVariant, cfg: Config, anchors: Tensor, ob
         pre, post, thresh = num_anchors, variant.top_n, no_nms
     elif variant.kind == "no_reg":
         deltas = torch.zeros_like(deltas)
-        pre, post, thresh = pre_cap, variant.top_n, cfg.rpn_nms_thresh
+        pre, post, thresh = variant.pre_nms_list(cfg), variant.top_n, cfg.rpn_nms_thresh
     else:  # dense: all anchors, in anchor order (equal scores and a stable sort)
         deltas = torch.zeros_like(deltas)
         objectness = torch.zeros(batch, num_anchors, device=deltas.device)
@@ -359,7 +365,8 @@ def evaluate_variants(model: FasterRCNN, dataset, classes: Sequence[str],
                        variants: Sequence[ProposalVariant] = DEFAULT_VARIANTS, device="cpu",
                        batch_size: int = 4, seed: int = 0, progress: bool = False) -> dict:
     """VOC07 mAP@0.5 of each proposal variant: {name: {"kind", "top_n", "voc07_map", "voc12_map",
-    "ap": {class: AP}, "boxes_per_image"}} (APs as fractions)."""
+    "ap": {class: AP}, "boxes_per_image", "pre_nms_top_n"}} (APs as fractions; pre_nms_top_n: the
+    boxes that entered NMS, `ProposalVariant.pre_nms_list`, None for the kinds without NMS)."""
     detections, targets, mean_boxes = detect_variants(model, dataset, variants, device, batch_size, seed, progress)
     results = {}
     for variant in variants:
@@ -369,7 +376,8 @@ def evaluate_variants(model: FasterRCNN, dataset, classes: Sequence[str],
                              class_names=classes)
         results[variant.name] = {"kind": variant.kind, "top_n": variant.top_n, "voc07_map": voc07.map,
                                  "voc12_map": voc12.map, "ap": voc07.ap,
-                                 "boxes_per_image": round(mean_boxes[variant.name], 2)}
+                                 "boxes_per_image": round(mean_boxes[variant.name], 2),
+                                 "pre_nms_top_n": variant.pre_nms_list(model.cfg)}
     return results
 
 

@@ -45,8 +45,8 @@ from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
 from fasterrcnn_edu.lab.records import command_line, environment
 
 __all__ = ["STAGES", "PAPER_GROUPS", "PAPER_TABLE5_MS", "staged_forward", "profile_stages", "with_settings",
-           "time_vs_image_size", "time_vs_num_proposals", "measure_scaling", "group_stages",
-           "plot_stage_times", "plot_scaling"]
+           "time_vs_image_size", "time_vs_num_proposals", "measure_scaling", "group_stages", "count_macs",
+           "stage_color", "plot_stage_times", "plot_scaling"]
 
 STAGES = ("transform", "backbone", "rpn_head", "proposals", "roi_pool", "roi_head", "postprocess")
 
@@ -239,9 +239,56 @@ def measure_scaling(model: FasterRCNN, image: Tensor, sizes: Sequence[int] = (20
     return result
 
 
+def count_macs(build: Callable[[], torch.nn.Module], input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of the Conv2d and Linear layers in one forward pass of `build()` on an input
+    of `input_shape` (e.g. (1, 3, 600, 1000)).
+
+    A Conv2d costs (output elements) × (in_channels / groups) × (kernel area), a Linear (output elements)
+    × in_features; other layers (ReLU, pooling, normalisation) are not counted. `build` is called on
+    PyTorch's meta device, so the module holds no weights and the pass computes shapes only: counting
+    VGG-16 at 600×1000 costs neither memory nor time.
+    """
+    total = 0
+
+    def hook(layer: torch.nn.Module, _inputs, output: Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, torch.nn.Conv2d):
+            kernel = math.prod(layer.kernel_size)
+            total += output.numel() * (layer.in_channels // layer.groups) * kernel
+        else:
+            total += output.numel() * layer.in_features
+
+    with torch.device("meta"):
+        module = build()
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            layer.register_forward_hook(hook)
+    with torch.no_grad():
+        module(torch.empty(*input_shape, device="meta"))
+    return int(total)
+
+
 # ---------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------
+def stage_color(name: str, fallback: int = 0) -> tuple[float, ...]:
+    """The one colour of a stage or group of `PAPER_GROUPS` in every timing figure: a group's own colour,
+    and for a stage a shade of its group's colour (towards white, lighter for the earlier members);
+    names outside the groups get the class colours after them, by `fallback`."""
+    from matplotlib import colors as mcolors
+    from fasterrcnn_edu.viz import class_color
+
+    for g, (group, members) in enumerate(PAPER_GROUPS.items()):
+        base = np.array(mcolors.to_rgb(class_color(g)))
+        if name == group:
+            return tuple(base)
+        if name in members:
+            # towards white, 0.45 .. 0 from the first member to the last; a group's only member: its colour
+            shade = 0.45 * (1 - members.index(name) / (len(members) - 1)) if len(members) > 1 else 0.0
+            return tuple(base + (1 - base) * shade)
+    return class_color(len(PAPER_GROUPS) + fallback)
+
+
 def group_stages(stages: Mapping[str, float], groups: Mapping[str, Sequence[str]] = PAPER_GROUPS) -> dict[str, float]:
     """Sum per-stage times into groups (default: the paper's conv / proposal / region-wise)."""
     return {name: float(sum(stages[s] for s in members)) for name, members in groups.items()}
@@ -257,21 +304,6 @@ def plot_stage_times(profiles: Mapping[str, Mapping[str, float]], ax=None, unit:
     Returns the Axes.
     """
     import matplotlib.pyplot as plt
-    from matplotlib import colors as mcolors
-    from fasterrcnn_edu.viz import class_color
-
-    # One colour per group of PAPER_GROUPS, the same in every figure: a group's segment has the group's
-    # colour, a stage's segment a shade of its group's colour (darker for later stages).
-    def color_of(name: str, fallback: int):
-        for g, (group, members) in enumerate(PAPER_GROUPS.items()):
-            base = np.array(mcolors.to_rgb(class_color(g)))
-            if name == group:
-                return tuple(base)
-            if name in members:
-                # towards white, 0.45 .. 0 from the first member to the last; a group's only member: its colour
-                shade = 0.45 * (1 - members.index(name) / (len(members) - 1)) if len(members) > 1 else 0.0
-                return tuple(base + (1 - base) * shade)
-        return class_color(len(PAPER_GROUPS) + fallback)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.7 + 0.55 * len(profiles)))
@@ -286,7 +318,7 @@ def plot_stage_times(profiles: Mapping[str, Mapping[str, float]], ax=None, unit:
             values = values / np.where(totals > 0, totals, 1.0)
         else:
             values = values * scale
-        ax.barh(names, values, left=left, color=color_of(stage, i), label=stage, edgecolor="white", linewidth=0.5)
+        ax.barh(names, values, left=left, color=stage_color(stage, i), label=stage, edgecolor="white", linewidth=0.5)
         left += values
     if not normalize:
         for y, total in enumerate(left):
@@ -309,14 +341,14 @@ def plot_scaling(rows: Sequence[Mapping], x: str, ax=None, stages: Sequence[str]
     Returns the Axes.
     """
     import matplotlib.pyplot as plt
-    from fasterrcnn_edu.viz import class_color
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.6))
     scale = {"ms": 1e3, "s": 1.0}[unit]
     xs = np.array([float(r[x]) for r in rows])
     ys = np.array([[float(r["stages"][s]) * scale for r in rows] for s in stages])
-    ax.stackplot(xs, ys, labels=list(stages), colors=[class_color(i) for i in range(len(stages))], alpha=0.85)
+    ax.stackplot(xs, ys, labels=list(stages), colors=[stage_color(s, i) for i, s in enumerate(stages)],
+                 alpha=0.85)
     ax.plot(xs, ys.sum(axis=0), "k.-", linewidth=1, markersize=4, label="total")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(f"time per image ({unit})")
