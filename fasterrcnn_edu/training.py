@@ -273,12 +273,6 @@ def build_networks(mode: str, cfg: Config) -> dict[str, FasterRCNN]:
     return {"rpn": rpn_net, "shared": shared}
 
 
-def build_stages(mode: str, cfg: Config, nets: dict | None = None) -> list[Stage]:
-    """Every stage of `mode`, built (and prepared: freezing, re-initialising) in order on `nets`."""
-    nets = nets if nets is not None else build_networks(mode, cfg)
-    return [make(nets, cfg) for make in STEPS[mode]]
-
-
 def final_model(mode: str, nets: dict) -> nn.Module:
     """The trained detector: one shared network, or for `unshared` the two networks together."""
     if mode == "unshared":
