@@ -394,3 +394,12 @@ def test_a_manifest_that_is_a_folder_is_refused(tmp_path, capsys):
     (tmp_path / MANIFEST).mkdir(parents=True)
     assert cli.main(["reproduce", "--list", "--root", str(tmp_path)]) == 1
     assert "manifest.json: cannot be read" in capsys.readouterr().err
+
+
+def test_spread_names_each_repeated_command_as_it_is_typed():
+    """spread.json's `commands` are the repeats' command lines, the `python -m fasterrcnn_edu` prefix once."""
+    spread = json.loads((ROOT / "data/experiments/spread.json").read_text())
+    from fasterrcnn_edu.lab.reproduce import SPREAD_REPEATS
+    assert set(spread["commands"]) == set(SPREAD_REPEATS)
+    for name, command in spread["commands"].items():
+        assert command == "python -m fasterrcnn_edu " + " ".join(SPREAD_REPEATS[name]), name

@@ -403,7 +403,7 @@ def assemble_spread(root: Path) -> None:
             "bench_model_ratios": {name: {"recorded": ratio, "repeat": bench_repeat[name]} for name, ratio in bench.items()},
             "profile_total_seconds": {"recorded": profile, "repeat": profile_repeat},
         },
-        "commands": {name: command_line(["python", "-m", "fasterrcnn_edu", *map(shlex.quote, argv)])
+        "commands": {name: command_line([shlex.quote(arg) for arg in argv])
                      for name, argv in SPREAD_REPEATS.items()},
         "tolerance": spread_tolerances(side_by_side, lambda_sweep, repeats, _read_json(root / REFERENCE_SPREAD)),
     }
