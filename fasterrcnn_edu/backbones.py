@@ -67,7 +67,18 @@ def small_backbone() -> Backbone:
 
 
 def zf_backbone() -> Backbone:
-    """Zeiler & Fergus (ECCV 2014) as used by the paper: conv1..conv5, stride 16, 256 channels."""
+    """Zeiler & Fergus (ECCV 2014), the paper's smaller net: conv1..conv5, stride 16, 256 channels.
+
+    The layers and strides are those of the released code's ZF prototxts
+    (py-faster-rcnn 781a917, models/pascal_voc/ZF/faster_rcnn_alt_opt/*.pt and
+    faster_rcnn_end2end/*.prototxt).
+    Its normalisation is not exactly theirs (ours): `nn.LocalResponseNorm(3, 5e-5, 0.75)` (k = 1)
+    normalises each response over 3 neighbouring *channels* at the same position. Those
+    prototxts' norm1/norm2 have the same local_size 3, alpha 5e-5, beta 0.75 but
+    `norm_region: WITHIN_CHANNEL`: a 3×3 spatial window within each channel. Zeiler & Fergus's
+    paper describes a local contrast normalisation across feature maps, the direction the
+    channel-wise form follows. Only ZF models are affected; the book's use `small_backbone`.
+    """
     body = nn.Sequential(
         nn.Conv2d(3, 96, 7, 2, 3), nn.ReLU(inplace=True), nn.LocalResponseNorm(3, 5e-5, 0.75),
         nn.MaxPool2d(3, 2, 1),

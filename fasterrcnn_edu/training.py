@@ -27,6 +27,13 @@ gradient scaling, logging, checkpoints and the non-finite-loss stop. Everything 
 continue a run exactly (weights, optimiser, stage and step, and every process's random states:
 sampling, torch's global generator, CUDA's) is checkpointed, and `resumable_state` checks all of it
 before a resumed run starts; the data order and flips are pure functions of (seed, stage, step).
+On the CPU a resumed run reaches the same weights as an uninterrupted one
+(tests/test_training.py, tests/test_hardening_ddp.py). On CUDA the resumed *state* is exact, but
+the arithmetic after it need not be bit-exact: several backward kernels (RoI pooling, the
+advanced-indexing and `gather` backwards) add with atomics in no fixed order, and cuDNN may pick
+non-deterministic algorithms, unless `torch.use_deterministic_algorithms(True)` is set, which the
+package does not do. So on CUDA a resumed run and an uninterrupted one can drift apart by
+rounding, as two uninterrupted CUDA runs can.
 """
 from __future__ import annotations
 
