@@ -66,23 +66,40 @@ def small_backbone() -> Backbone:
     return Backbone(body, stride=16, out_channels=128)
 
 
+class WithinChannelLRN(nn.Module):
+    """Caffe's LRN with `norm_region: WITHIN_CHANNEL`, as in the released ZF prototxts.
+
+    x: (B, C, H, W) -> same shape, x / (1 + alpha * mean of x² over a size × size window of the same
+    channel)^beta. Caffe averages over the window with zero padding counted (its AVE pooling with
+    pad (size - 1) / 2), so does `avg_pool2d(count_include_pad=True)`.
+    """
+
+    def __init__(self, size: int = 3, alpha: float = 5e-5, beta: float = 0.75):
+        super().__init__()
+        if size % 2 != 1:
+            raise ValueError(f"WithinChannelLRN: size must be odd, got {size}")
+        self.size, self.alpha, self.beta = size, alpha, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean_square = nn.functional.avg_pool2d(x * x, self.size, stride=1, padding=self.size // 2,
+                                               count_include_pad=True)
+        return x * (1 + self.alpha * mean_square).pow(-self.beta)
+
+
 def zf_backbone() -> Backbone:
     """Zeiler & Fergus (ECCV 2014), the paper's smaller net: conv1..conv5, stride 16, 256 channels.
 
     The layers and strides are those of the released code's ZF prototxts
     (py-faster-rcnn 781a917, models/pascal_voc/ZF/faster_rcnn_alt_opt/*.pt and
     faster_rcnn_end2end/*.prototxt).
-    Its normalisation is not exactly theirs (ours): `nn.LocalResponseNorm(3, 5e-5, 0.75)` (k = 1)
-    normalises each response over 3 neighbouring *channels* at the same position. Those
-    prototxts' norm1/norm2 have the same local_size 3, alpha 5e-5, beta 0.75 but
-    `norm_region: WITHIN_CHANNEL`: a 3×3 spatial window within each channel. Zeiler & Fergus's
-    paper describes a local contrast normalisation across feature maps, the direction the
-    channel-wise form follows. Only ZF models are affected; the book's use `small_backbone`.
+    norm1/norm2 are those prototxts' LRN layers, `norm_region: WITHIN_CHANNEL` with local_size 3,
+    alpha 5e-5, beta 0.75 (`WithinChannelLRN`), not torch's `nn.LocalResponseNorm`, which
+    normalises across channels.
     """
     body = nn.Sequential(
-        nn.Conv2d(3, 96, 7, 2, 3), nn.ReLU(inplace=True), nn.LocalResponseNorm(3, 5e-5, 0.75),
+        nn.Conv2d(3, 96, 7, 2, 3), nn.ReLU(inplace=True), WithinChannelLRN(3, 5e-5, 0.75),
         nn.MaxPool2d(3, 2, 1),
-        nn.Conv2d(96, 256, 5, 2, 2), nn.ReLU(inplace=True), nn.LocalResponseNorm(3, 5e-5, 0.75),
+        nn.Conv2d(96, 256, 5, 2, 2), nn.ReLU(inplace=True), WithinChannelLRN(3, 5e-5, 0.75),
         nn.MaxPool2d(3, 2, 1),
         nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(inplace=True),
         nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(inplace=True),

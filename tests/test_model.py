@@ -316,3 +316,22 @@ def test_training_refuses_targets_that_do_not_fit_the_images(change, message):
     for call in (model, model.rpn_losses, model.detector_losses):
         with pytest.raises(ValueError, match=message):
             call(images, change(targets))
+
+
+def test_zf_normalisation_is_caffes_within_channel_lrn():
+    """The released ZF prototxts' norm1/norm2: x / (1 + alpha/9 · Σ x² over 3×3 in the channel)^beta."""
+    from fasterrcnn_edu.backbones import WithinChannelLRN
+    x = torch.zeros(1, 2, 3, 3)
+    x[0, 0, 1, 1] = 100.0                         # one strong response, alone in its channel
+    x[0, 1, 1, 1] = 1.0                           # a weak one at the same position in the next channel
+    out = WithinChannelLRN(3, 5e-5, 0.75)(x)
+    # centre: 1 + 5e-5 * 100² / 9; the weak channel sees only itself (a channel-wise LRN would not)
+    assert out[0, 0, 1, 1].item() == pytest.approx(100.0 / (1 + 5e-5 * 1e4 / 9) ** 0.75)
+    assert out[0, 1, 1, 1].item() == pytest.approx(1.0 / (1 + 5e-5 / 9) ** 0.75)
+    # a corner's window is padded with zeros, which count (Caffe's AVE pooling with pad 1)
+    corner = torch.zeros(1, 1, 3, 3)
+    corner[0, 0, 0, 0] = 100.0
+    assert WithinChannelLRN()(corner)[0, 0, 0, 0].item() == pytest.approx(100.0 / (1 + 5e-5 * 1e4 / 9) ** 0.75)
+    from fasterrcnn_edu.backbones import zf_backbone
+    layers = [type(m).__name__ for m in zf_backbone().body]
+    assert layers.count("WithinChannelLRN") == 2 and "LocalResponseNorm" not in layers
