@@ -39,17 +39,18 @@ def predict_dataset(model: nn.Module, dataset, device="cpu", batch_size: int = 4
 
 
 @torch.no_grad()
-def predict_proposals(model: nn.Module, dataset, top_n: int = 2000, device="cpu", batch_size: int = 4
-                      ) -> list[Tensor]:
+def predict_proposals(model: nn.Module, dataset, top_n: int = 2000, device="cpu", batch_size: int = 4,
+                      pre_nms_top_n: int | None = None) -> list[Tensor]:
     """The RPN's top-`top_n` proposals per image, sorted by objectness, in original image pixels.
 
-    The pre-NMS cap is raised with `top_n` (to max(rpn_pre_nms_top_n_test, top_n)), so asking for
-    2000 proposals is not silently limited by a smaller pre-NMS count; NMS may still leave fewer.
-    The model's configuration is not changed.
+    `pre_nms_top_n` boxes, best by objectness, enter NMS; None: the config's
+    `rpn_pre_nms_top_n_test`. Either is raised to `top_n` if smaller, so asking for 2000 proposals
+    is not silently limited by a smaller pre-NMS count; NMS may still leave fewer. The model's
+    configuration is not changed.
     """
     rpn_net = getattr(model, "rpn_net", model)          # an UnsharedFasterRCNN proposes with its RPN network
     rpn_net.eval()
-    pre = max(rpn_net.cfg.rpn_pre_nms_top_n_test, top_n)
+    pre = max(pre_nms_top_n or rpn_net.cfg.rpn_pre_nms_top_n_test, top_n)
     proposals = []
     for batch in _batches(dataset, batch_size):
         images = [image.to(device) for image, _ in batch]

@@ -290,3 +290,20 @@ def test_plot_against_paper_draws_changes_relative_to_the_reference_row():
     widths = sorted(round(bar.get_width(), 6) for bar in ax.patches)
     assert widths == [-5.0, round(55.1 - 56.8, 6)]              # one row (RPN 100): ours, then the paper's
     assert [t.get_text() for t in ax.get_yticklabels()] == ["RPN 100"]
+
+
+def test_recall_experiment_ranks_the_papers_pre_nms_list_for_every_n():
+    """"RPN N" = the top N of what NMS keeps from the `pre_nms_top_n` best boxes (Figure 4, Table 2),
+    not a pre-NMS cap that moves with N: a small cap yields fewer boxes after NMS than the full list."""
+    from fasterrcnn_edu.inference import predict_proposals
+    torch.manual_seed(0)
+    cfg = tiny_cfg().replace(rpn_pre_nms_top_n_test=20)
+    model = FasterRCNN(cfg).eval()
+    data = tiny_data(2)
+    out = recall_experiment(model, data, counts=(5, 20), sliding_window={"scales": (16, 32), "stride": 8},
+                            pre_nms_top_n=10 ** 6)
+    assert out["pre_nms_top_n"] == 10 ** 6
+    full = predict_proposals(model, data, 20, pre_nms_top_n=10 ** 6)
+    capped = predict_proposals(model, data, 20)                     # the config's 20 enter NMS
+    assert out["proposals_per_image"]["RPN"]["20"] == sum(min(len(p), 20) for p in full) / len(full)
+    assert sum(map(len, full)) > sum(map(len, capped))

@@ -422,17 +422,20 @@ def plot_against_paper(results: dict, paper: dict = PAPER_TABLE2, reference: str
 # Chapter 7: recall vs IoU (paper Figure 4)
 # ---------------------------------------------------------------------------------------------
 def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1000, 2000), device="cpu",
-                      batch_size: int = 4, sliding_window: dict | None = None, progress: bool = False) -> dict:
+                      batch_size: int = 4, sliding_window: dict | None = None, progress: bool = False,
+                      pre_nms_top_n: int = PAPER_PRE_NMS_TEST) -> dict:
     """Recall vs IoU of the top-N RPN proposals and of `sliding_window_proposals`, for each N.
 
     Returns {"counts": [...], "methods": {"RPN": {str(N): {"iou": [...], "recall": [...],
     "average_recall": AR}}, "sliding windows": {...}}, "proposals_per_image": {method: {str(N):
     mean number of boxes per image among the top N}}, "ground_truth": number of non-difficult
-    objects}. The RPN's pre-NMS cap rises with N (`inference.predict_proposals`), so each N
-    really ranks up to N proposals. Difficult objects are left out, as in the VOC metric.
+    objects, "pre_nms_top_n"}. As in the paper's Figure 4 (released TEST.RPN_PRE_NMS_TOP_N), the
+    `pre_nms_top_n` boxes best by objectness enter NMS and the top N of what NMS keeps are the
+    "RPN N" proposals, the same list for every N (Table 2's rows in chapter 8 take the same 6000).
+    Difficult objects are left out, as in the VOC metric.
     """
     top = max(counts)
-    rpn = predict_proposals(model, dataset, top, device, batch_size)
+    rpn = predict_proposals(model, dataset, top, device, batch_size, pre_nms_top_n=pre_nms_top_n)
     indices = range(len(dataset))
     if progress:
         from tqdm.auto import tqdm
@@ -447,7 +450,7 @@ def recall_experiment(model: nn.Module, dataset, counts: Sequence[int] = (300, 1
     out = {"counts": list(counts), "methods": {},
            "proposals_per_image": {name: {str(n): float(np.mean([min(len(p), n) for p in boxes])) for n in counts}
                                    for name, boxes in (("RPN", rpn), ("sliding windows", sliding))},
-           "ground_truth": int(sum(int((~d.bool()).sum()) for d in difficult))}
+           "ground_truth": int(sum(int((~d.bool()).sum()) for d in difficult)), "pre_nms_top_n": pre_nms_top_n}
     for name, proposals in (("RPN", rpn), ("sliding windows", sliding)):
         out["methods"][name] = {}
         for n in counts:
