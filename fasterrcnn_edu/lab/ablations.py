@@ -246,6 +246,7 @@ class ProposalVariant:
 #: "RPN N" rows are N of these 6000, whatever the book preset's own cap.
 PAPER_PRE_NMS_TEST = 6000
 
+#: The test-time variants of chapters 7-8 (the paper's Table 2 and Table 10), in their printed order.
 DEFAULT_VARIANTS = (
     ProposalVariant("RPN 300", "rpn", 300, PAPER_PRE_NMS_TEST),
     ProposalVariant("RPN 100", "rpn", 100, PAPER_PRE_NMS_TEST),
