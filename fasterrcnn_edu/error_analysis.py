@@ -7,19 +7,19 @@ left alone? With IoU thresholds t_f (foreground, the metric's own threshold, 0.5
 (background, 0.1), and for a false positive its best IoU with a ground-truth object of its own
 class (IoU_same), of any other class (IoU_other) and of any class (IoU_any):
 
-=================  ==================================================  ====================================
-type               a false positive that ...                           the oracle's fix
-=================  ==================================================  ====================================
-localisation       has the right class, t_b <= IoU_same < t_f          move the box onto that object*
-classification     lies on an object of another class, IoU_other >= t_f relabel it to that object's class*
-duplicate          has the right class and place, IoU_same >= t_f, but  remove it
+=================  ======================================================  ====================================
+type               a false positive that ...                               the oracle's fix
+=================  ======================================================  ====================================
+localisation       has the right class, t_b <= IoU_same < t_f              move the box onto that object*
+classification     lies on an object of another class, IoU_other >= t_f    relabel it to that object's class*
+duplicate          has the right class and place, IoU_same >= t_f, but     remove it
                    a higher-scoring detection already took the object
-background         touches no object, IoU_any < t_b                    remove it
-both               wrong class and t_b <= IoU_other < t_f              remove it (which object it meant
-                                                                       is unknown)
-missed             (an object) no true positive, and no localisation   drop the object from the ground
-                   or classification error points at it                truth (AP's recall denominator)
-=================  ==================================================  ====================================
+background         touches no object, IoU_any < t_b                        remove it
+both               wrong class and t_b <= IoU_other < t_f                  remove it (which object it meant
+                                                                           is unknown)
+missed             (an object) no true positive, and no localisation       drop the object from the ground
+                   or classification error points at it                    truth (AP's recall denominator)
+=================  ======================================================  ====================================
 
 (*) An object can take only one corrected detection. With ``fix_rule="tide"`` (the default,
 TIDE's own rule: ``tidecv/errors/error.py``, ``BestGTMatch``), the one is the highest-scoring of
@@ -85,13 +85,14 @@ PER_OBJECT_KEYS = ("boxes", "labels", "difficult", "truncated", "occlusion")
 class ImageErrors:
     """The verdict on one image's detections (D of them) and ground truth (G objects).
 
-    kind: (D,) str: "true positive", "ignored" (on a difficult object) or one of `FALSE_POSITIVE_TYPES`.
-    target: (D,) int: the object index the verdict refers to (the matched object, the object a
-        localisation / classification / duplicate / both error lies on), -1 for background errors.
-    iou: (D,) float: the detection's IoU with `target` (0 for background errors).
-    gt_tp_score: (G,) float: score of the object's true positive, NaN if it has none.
-    missed: (G,) bool: TIDE's missed objects (not difficult, no true positive, and no
-        localisation or classification error points at it).
+    - kind: (D,) str: "true positive", "ignored" (on a difficult object) or one of
+      `FALSE_POSITIVE_TYPES`.
+    - target: (D,) int: the object index the verdict refers to (the matched object, the object a
+      localisation / classification / duplicate / both error lies on), -1 for background errors.
+    - iou: (D,) float: the detection's IoU with `target` (0 for background errors).
+    - gt_tp_score: (G,) float: score of the object's true positive, NaN if it has none.
+    - missed: (G,) bool: TIDE's missed objects (not difficult, no true positive, and no
+      localisation or classification error points at it).
     """
 
     kind: np.ndarray
