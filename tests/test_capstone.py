@@ -49,3 +49,9 @@ def test_the_command_refuses_an_unknown_broken_piece(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["capstone", "--broken", "nothing"])
     assert stop.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_the_capstone_config_takes_its_pre_nms_count_from_the_settings():
+    settings = {**capstone.SETTINGS, "pre_nms_top_n_train": 123}
+    cfg = capstone.capstone_config(settings=settings)
+    assert cfg.rpn_pre_nms_top_n_train == 123 and cfg.joint.iterations == settings["iterations"]
