@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import difflib
 import hashlib
-import json
 import os
 import sys
 import typing
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from fasterrcnn_edu.config import PRESETS, Config, ConfigError, StageSchedule
+from fasterrcnn_edu.fileio import write_json
 from fasterrcnn_edu.options import UsageError, amp_warning, pick_device, set_threads, warn
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -403,7 +403,7 @@ def eval_command(args: argparse.Namespace) -> int:
         "coco": result["coco"], "recall_vs_iou": {str(k): v for k, v in result["recall_vs_iou"].items()},
         "errors": skipped,                # image id -> why it was left out
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(metrics, out / "metrics.json", indent=2)
     # The detections behind every number above, so that they can be re-scored without the model.
     save_detections(result["detections"], [dataset.ids[i] for i in subset.indices], out / "detections.pt")
     written = ["metrics.json", "detections.pt"]
@@ -476,7 +476,7 @@ def detect_command(args: argparse.Namespace) -> int:
                     out / name)
         report["images"][str(path)] = {"output": name, "size": list(image.shape[1:]), "detections": found}
         print(f"{path}: {len(found)} detections -> {out / name}")
-    (out / "detections.json").write_text(json.dumps(report, indent=2))
+    write_json(report, out / "detections.json", indent=2)
     failed = f"; {len(report['errors'])} image(s) could not be read (\"errors\")" if report["errors"] else ""
     print(f"wrote {out / 'detections.json'}: {len(report['images'])} image(s){failed}")
     return 1 if report["errors"] else 0

@@ -10,6 +10,7 @@ code when loaded). Every problem is a `CheckpointError` whose message starts wit
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -18,6 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,6 +59,23 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _jsonable(value):
+    """What `json` cannot write itself: NumPy scalars, tensors (as lists) and paths (as POSIX strings)."""
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def write_json(data: dict | list, path: str | Path, indent: int = 1) -> Path:
+    """Write `data` as JSON atomically (a crash never leaves half a file), ending in a newline."""
+    text = json.dumps(data, indent=indent, default=_jsonable) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _umask() -> int:

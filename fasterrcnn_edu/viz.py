@@ -226,18 +226,30 @@ def draw_ground_truth(ax: Axes, boxes, linewidth: float = 1.3, color=GT_STYLE_CO
     return ax
 
 
+def _difficult_mask(targets: Mapping, count: int) -> np.ndarray:
+    """(G,) bool: which of the `count` objects in `targets` are marked difficult (none without the key)."""
+    if targets.get("difficult") is None:
+        return np.zeros(count, dtype=bool)
+    return _np(targets["difficult"]).astype(bool).reshape(-1)
+
+
 def plot_detections(image, detections: Mapping, class_names: Sequence[str] | None = None,
                     score_threshold: float = 0.5, targets: Mapping | None = None,
                     ax: Axes | None = None, title: str | None = None) -> Axes:
     """An image with its detections (solid, class colour, "name score") above `score_threshold`, and
-    optionally the ground truth `targets` (dict with boxes) in one neutral style, unlabelled
-    (`draw_ground_truth`), so that a missed object shows as a dashed box with no solid box on it.
+    optionally the ground truth `targets` (dict with boxes and optional difficult) in one neutral style,
+    unlabelled (`draw_ground_truth`), so that a missed object shows as a dashed box with no solid box on
+    it. Difficult objects, which VOC's metric ignores, are dotted grey as in `plot_detection_verdicts`:
+    no detection is owed to them.
 
     detections: dict with boxes (D, 4), labels (D,), scores (D,).
     """
     ax = show_image(image, ax=ax)
     if targets is not None:
-        draw_ground_truth(ax, targets["boxes"])
+        gt = _np_boxes(targets["boxes"], "targets['boxes']", "plot_detections")
+        difficult = _difficult_mask(targets, len(gt))
+        draw_ground_truth(ax, gt[~difficult])
+        draw_ground_truth(ax, gt[difficult], linewidth=1.8, color=_IGNORED_COLOR, linestyle=":")
     scores = _np(detections["scores"]).reshape(-1)
     keep = scores >= score_threshold
     draw_boxes(ax, _np_boxes(detections["boxes"], "detections['boxes']", "plot_detections")[keep],
@@ -301,7 +313,7 @@ def plot_detection_verdicts(image, detections: Mapping, kinds: Sequence[str], ta
     """
     ax = show_image(image, ax=ax)
     gt = _np_boxes(targets["boxes"], "targets['boxes']", "plot_detection_verdicts")
-    difficult = np.zeros(len(gt), dtype=bool) if targets.get("difficult") is None else _np(targets["difficult"]).astype(bool)
+    difficult = _difficult_mask(targets, len(gt))
     undetected = _np(undetected).astype(bool).reshape(-1) & ~difficult
     draw_ground_truth(ax, gt[~difficult & ~undetected])
     draw_ground_truth(ax, gt[undetected], linewidth=1.8, color=_UNDETECTED_COLOR)

@@ -165,3 +165,30 @@ def test_a_file_output_removes_only_its_own_temporary_files(tmp_path, capsys):
     left = {p.name for p in tmp_path.iterdir()}
     assert "metrics.json.0a1b2c3d.tmp" not in left and set(STALE[:2] + KEPT) <= left
     assert "removed 1 temporary file(s)" in capsys.readouterr().err
+
+
+def test_json_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`write_json` (every command's JSON result) writes NumPy, tensor and path values; a value it
+    cannot write, or a write that fails half-way (the disk full), leaves the earlier file as it was,
+    with no temporary file beside it."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from fasterrcnn_edu.fileio import write_json
+    path = tmp_path / "result.json"
+    write_json({"map": np.float32(0.5), "n": np.int64(3), "boxes": torch.tensor([[1.0, 2.0]]),
+                "file": Path("data/x.pt")}, path)
+    text = path.read_text()
+    assert text.endswith("\n") and json.loads(text) == {"map": 0.5, "n": 3, "boxes": [[1.0, 2.0]], "file": "data/x.pt"}
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        write_json({"map": object()}, path)
+    assert path.read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_json({"map": 0.9}, path)
+    assert path.read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

@@ -65,6 +65,16 @@ def test_plot_detections_threshold_and_targets():
     assert ax.get_title() == "t"
 
 
+def test_plot_detections_draws_difficult_objects_dotted_grey():
+    det = {"boxes": BOXES[:0], "labels": torch.tensor([], dtype=torch.long), "scores": torch.tensor([])}
+    tgt = {"boxes": BOXES, "labels": torch.tensor([1, 2, 1]), "difficult": torch.tensor([False, True, False])}
+    rects = _rects(viz.plot_detections(IMAGE, det, ["cat", "dog"], targets=tgt))
+    dotted = [r for r in rects if r.get_linestyle() == ":"]
+    assert len(rects) == 3 and len(dotted) == 1
+    assert dotted[0].get_xy() == tuple(BOXES[1, :2].tolist())          # the difficult one, not a missed object
+    assert sum(r.get_linestyle() == "--" for r in rects) == 2
+
+
 def test_plot_anchors_and_grid():
     from fasterrcnn_edu.anchors import base_anchors
     anchors = base_anchors() + torch.tensor([100.0, 80, 100, 80])

@@ -44,7 +44,8 @@ from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import average_recall, evaluate_voc, recall_vs_iou
 from fasterrcnn_edu.lab.baselines import sliding_window_proposals
-from fasterrcnn_edu.lab.records import command_line, file_sha256, round_floats, write_json
+from fasterrcnn_edu.fileio import write_json
+from fasterrcnn_edu.lab.records import command_line, file_sha256, round_floats
 from fasterrcnn_edu.inference import predict_dataset, predict_proposals
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.proposals import generate_proposals

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import math
 import platform
 import statistics
@@ -36,6 +35,7 @@ from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
 from fasterrcnn_edu.anchors import AnchorGenerator
 from fasterrcnn_edu.config import Config, get_config
+from fasterrcnn_edu.fileio import write_json
 from fasterrcnn_edu.labeling import label_anchors, pad_ground_truth, sample_balanced
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.nms import nms, nms_readable
@@ -335,7 +335,6 @@ def bench_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     result = run_benchmarks(str(pick_device(args.device)), args.repeats, tuple(args.presets), args.tiny)
     print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(result, args.out, indent=2)
     print(f"wrote {args.out}")
     return 0

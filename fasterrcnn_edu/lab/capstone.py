@@ -177,7 +177,8 @@ def register(subparsers, formatter_class) -> None:
 
 
 def capstone_command(args: argparse.Namespace) -> int:
-    from fasterrcnn_edu.lab.records import command_line, round_floats, write_json
+    from fasterrcnn_edu.fileio import write_json
+    from fasterrcnn_edu.lab.records import command_line, round_floats
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fasterrcnn_edu.config import PRESETS, StageSchedule
+from fasterrcnn_edu.fileio import write_json
 
 IMAGE_SIZE = (96, 128)      # (H, W): small enough for VGG-16 on a CPU, big enough for its stride-16 grid
 
@@ -80,7 +81,7 @@ def _worker(rank: int, port: int, preset: str, mode: str, out: str) -> None:
         result = training.train(TinyBoxes(), cfg, mode, None, progress=False)
         if rank == 0:
             stages = list(dict.fromkeys(r["stage"] for r in result.log))
-            Path(out).write_text(json.dumps([dict(stage=s, **c) for s, c in zip(stages, counters)]))
+            write_json([dict(stage=s, **c) for s, c in zip(stages, counters)], out, indent=None)
     finally:
         training._wrap_for_ddp = wrap
         dist.destroy_process_group()
@@ -118,7 +119,7 @@ def register(subparsers, formatter_class) -> None:
 
 
 def ddp_traffic_command(args: argparse.Namespace) -> int:
-    from fasterrcnn_edu.lab.records import command_line, write_json
+    from fasterrcnn_edu.lab.records import command_line
     report = measure_ddp_traffic(args.preset, args.mode)
     report["command"] = command_line()
     write_json(report, args.out)

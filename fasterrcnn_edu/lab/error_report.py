@@ -18,7 +18,8 @@ import torch
 
 from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.error_analysis import ERROR_TYPES, FIX_RULES
-from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats, write_json
+from fasterrcnn_edu.fileio import write_json
+from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats
 
 __all__ = ["plot_error_breakdown", "summary_lines", "register"]
 

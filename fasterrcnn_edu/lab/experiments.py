@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch.utils.data import Subset
 from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
 from fasterrcnn_edu.config import Config, StageSchedule
 from fasterrcnn_edu.evaluation import average_recall, recall_vs_iou
+from fasterrcnn_edu.fileio import write_json
 from fasterrcnn_edu.inference import predict_proposals
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.training import Stage, StageLoss, run_stage, trainable
@@ -335,8 +335,7 @@ def lambda_sweep_command(args: argparse.Namespace) -> int:
     env["seconds"] = round(time.perf_counter() - start, 1)
     env["command"] = command_line()
     result = {"environment": env, **result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, args.out)
     print(f"wrote {args.out} in {env['seconds']:.0f} s")
     return 0
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from fasterrcnn_edu.commands import DEFAULT_DATA, DEFAULT_MODEL
+from fasterrcnn_edu.fileio import write_json
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.proposals import generate_proposals
 from fasterrcnn_edu.roi_heads import pool_rois, rois_with_batch_index
@@ -397,8 +397,7 @@ def profile_command(args: argparse.Namespace) -> int:
                              args.repeats, args.warmup)
     result["environment"]["command"] = command_line()
     result["environment"]["model"] = str(args.model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, args.out)
     print(f"wrote {args.out} in {result['environment']['seconds']:.0f} s")
     return 0
 

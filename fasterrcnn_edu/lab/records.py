@@ -1,4 +1,4 @@
-"""Result files of the lab: where a measurement was taken, by which command, written atomically.
+"""Result files of the lab: where a measurement was taken and by which command (`fileio.write_json` writes them).
 
 Every JSON result the book shows records the command that wrote it (`command_line`), the machine
 and versions (`environment`) and the SHA-256 of the files it read (`file_sha256`), so a number in
@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import math
 import os
 import platform
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from torch import Tensor
-
-from fasterrcnn_edu.fileio import atomic_write
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -84,17 +79,3 @@ def round_floats(data, digits: int = 6):
     return data
 
 
-def _jsonable(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return value.as_posix()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def write_json(data: dict, path: str | Path, indent: int = 1) -> Path:
-    """Write `data` as JSON atomically (a crash never leaves half a file)."""
-    text = json.dumps(data, indent=indent, default=_jsonable) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))

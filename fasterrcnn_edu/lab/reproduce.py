@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats, write_json
+from fasterrcnn_edu.fileio import write_json
+from fasterrcnn_edu.lab.records import command_line, environment, file_sha256, round_floats
 
 __all__ = ["Step", "Target", "TARGETS", "MANIFEST", "DATASET", "ReproduceError", "tree_sha256", "hash_path",
            "machine_paths", "json_value", "compare_headlines", "load_manifest", "check_manifest", "run_targets",

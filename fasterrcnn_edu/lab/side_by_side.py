@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from fasterrcnn_edu.lab.bench import torchvision_twin
 from fasterrcnn_edu.lab.records import environment, recorded_arguments
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.evaluation import evaluate_voc
+from fasterrcnn_edu.fileio import write_json
 from fasterrcnn_edu.model import FasterRCNN
 from fasterrcnn_edu.lab.profiling import synchronize
 from fasterrcnn_edu.training import Stage, StageLoss, run_stage, trainable
@@ -222,7 +222,6 @@ def side_by_side_command(args: argparse.Namespace) -> int:
         return 1
     result["arguments"] = recorded_arguments(args)
     print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(result, args.out, indent=2)
     print(f"wrote {args.out}")
     return 0
