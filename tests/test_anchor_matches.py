@@ -61,3 +61,38 @@ def test_postprocess_keeps_the_class_boxes_and_probabilities_it_is_given_when_no
             assert match.sum() == 1
             torch.testing.assert_close(det["boxes"][match][0], boxes[r, k].clamp(0, 100))
     assert detections[0]["boxes"][:, 2].max() == 100.0          # the moved box was clipped at the edge
+
+def test_label_anchors_agrees_with_torchvisions_rpn_matcher():
+    """Parity with torchvision's RPN labelling (`det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)`,
+    then 1 / 0 / -1 as `RegionProposalNetwork.assign_targets_to_anchors` does), where the two rules
+    coincide: every anchor inside the image (torchvision has no boundary rule) and every ground-truth
+    box touching some anchor (torchvision would make every anchor of IoU 0 a "best" match of a box that
+    touches none). Random boxes never hit IoU 0.7 exactly, where our "higher than" (the paper) and
+    torchvision's ">=" differ."""
+    from torchvision.models.detection import _utils as det_utils
+
+    from fasterrcnn_edu.boxes import box_iou
+    from fasterrcnn_edu.labeling import IGNORED, NEGATIVE
+
+    anchors = grid_anchors(base_anchors(16, (0.5, 1, 2), (2, 4, 8)), (16, 20), 16)
+    matcher = det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    generator = torch.Generator().manual_seed(1)
+    compared = 0
+    for _ in range(20):
+        gt = _random_ground_truth(generator, images=4)
+        padded, valid = pad_ground_truth(gt)
+        ours = label_anchors(anchors, padded, valid)
+        for image, boxes in enumerate(gt):
+            if len(boxes) == 0:
+                continue
+            iou = box_iou(boxes, anchors)                                   # (G, A)
+            assert (iou.amax(dim=1) > 0).all()
+            matches = matcher(iou)
+            theirs = torch.full((len(anchors),), IGNORED, dtype=torch.int8)
+            theirs[matches >= 0] = POSITIVE
+            theirs[matches == det_utils.Matcher.BELOW_LOW_THRESHOLD] = NEGATIVE
+            assert torch.equal(ours.labels[image], theirs)
+            positive = theirs == POSITIVE
+            assert torch.equal(ours.matched_gt[image][positive], matches[positive])
+            compared += int(positive.sum())
+    assert compared > 100

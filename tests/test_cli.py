@@ -22,6 +22,26 @@ def tiny_shapes(tmp_path_factory):
     return root
 
 
+def _assert_same_model(loaded, expected):
+    (model, classes), (other, other_classes) = loaded, expected
+    assert classes == other_classes and type(model) is type(other)
+    ours, theirs = model.state_dict(), other.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_an_unshared_runs_checkpoint_loads_as_its_model(tiny_shapes, tmp_path):
+    """`load_model` on the training checkpoint of a 2-step (unshared) run: both networks, as in model.pt."""
+    from fasterrcnn_edu.checkpoint import load_model
+    from fasterrcnn_edu.model import UnsharedFasterRCNN
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_shapes), "--mode", "unshared", "--iterations-scale", "0.0012",
+                 "--set", "warmup_iterations=1", "--set", "min_size=128", "--set", "max_size=160",
+                 "--threads", "1", "--out", str(run)]) == 0
+    model, classes = load_model(run / "model.pt")
+    assert isinstance(model, UnsharedFasterRCNN)
+    _assert_same_model(load_model(run / "checkpoint.pt"), (model, classes))
+
+
 def test_train_then_eval_then_detect(tiny_shapes, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_shapes), "--mode", "joint", "--iterations-scale", "0.0012", "--amp", "bf16",
@@ -37,6 +57,7 @@ def test_train_then_eval_then_detect(tiny_shapes, tmp_path, capsys):
     from fasterrcnn_edu.evaluation import evaluate_voc
     from fasterrcnn_edu.inference import predict_dataset
     model, classes = load_model(run / "model.pt")
+    _assert_same_model(load_model(run / "checkpoint.pt"), (model, classes))   # the training file's final state
     detections, targets = predict_dataset(model, VOCDataset(tiny_shapes, "test", classes=classes), "cpu", 4, False)
     expected = evaluate_voc(detections, targets, len(classes) + 1, use_07_metric=True, class_names=classes).map
     assert metrics["images"] == 2 and metrics["voc07_map"] == pytest.approx(expected, abs=1e-12)
