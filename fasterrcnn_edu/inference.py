@@ -16,9 +16,14 @@ from fasterrcnn_edu.evaluation import evaluate_coco, evaluate_voc, recall_vs_iou
 DETECTIONS_FORMAT = "fasterrcnn_edu-detections/1"
 
 
-def _batches(dataset, batch_size: int):
-    for start in range(0, len(dataset), batch_size):
-        yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+def _batches(dataset, batch_size: int, progress: bool = False):
+    """Lists of up to `batch_size` (image, target) pairs, in dataset order (with a progress bar)."""
+    batches = ([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+               for start in range(0, len(dataset), batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="detect")
+    return batches
 
 
 @torch.no_grad()
@@ -27,11 +32,7 @@ def predict_dataset(model: nn.Module, dataset, device="cpu", batch_size: int = 4
     """Detections (on CPU) and targets for every image of `dataset`, in dataset order."""
     model.eval()
     detections, targets = [], []
-    batches = _batches(dataset, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="detect")
-    for batch in batches:
+    for batch in _batches(dataset, batch_size, progress):
         outputs = model([image.to(device) for image, _ in batch])
         detections += [{k: v.cpu() for k, v in out.items()} for out in outputs]
         targets += [target for _, target in batch]
@@ -58,14 +59,35 @@ def predict_proposals(model: nn.Module, dataset, top_n: int = 2000, device="cpu"
     return proposals
 
 
+@torch.no_grad()
+def predict_dataset_and_proposals(model: nn.Module, dataset, top_n: int, device="cpu", batch_size: int = 4,
+                                  progress: bool = False) -> tuple[list[dict], list[dict], list[Tensor]]:
+    """`predict_dataset` and `predict_proposals(top_n)` at once: (detections, targets, proposals), equal
+    to what the two return. A shared model runs its backbone once per batch for both (half the
+    conv work of calling them in turn); an `UnsharedFasterRCNN`, whose RPN has its own backbone,
+    runs the two in turn."""
+    if not hasattr(model, "detect_and_propose"):
+        detections, targets = predict_dataset(model, dataset, device, batch_size, progress)
+        return detections, targets, predict_proposals(model, dataset, top_n, device, batch_size)
+    model.eval()
+    pre = max(model.cfg.rpn_pre_nms_top_n_test, top_n)             # as predict_proposals
+    detections, targets, proposals = [], [], []
+    for batch in _batches(dataset, batch_size, progress):
+        found, boxes = model.detect_and_propose([image.to(device) for image, _ in batch], pre, top_n)
+        detections += [{k: v.cpu() for k, v in out.items()} for out in found]
+        proposals += [b.cpu() for b in boxes]
+        targets += [target for _, target in batch]
+    return detections, targets, proposals
+
+
 def evaluate_model(model: nn.Module, dataset, classes: list[str], device="cpu", batch_size: int = 4,
                    proposal_counts=(300, 1000, 2000), progress: bool = False) -> dict:
     """mAP (VOC07 11-point and area), COCO AP, and recall-vs-IoU curves of the proposals."""
-    detections, targets = predict_dataset(model, dataset, device, batch_size, progress)
+    detections, targets, proposals = predict_dataset_and_proposals(model, dataset, max(proposal_counts), device,
+                                                                   batch_size, progress)
     voc07 = evaluate_voc(detections, targets, len(classes) + 1, use_07_metric=True, class_names=classes)
     voc12 = evaluate_voc(detections, targets, len(classes) + 1, use_07_metric=False, class_names=classes)
     coco = evaluate_coco(detections, targets, classes, num_classes=len(classes) + 1)
-    proposals = predict_proposals(model, dataset, max(proposal_counts), device, batch_size)
     gt = [t["boxes"] for t in targets]
     difficult = [t.get("difficult", torch.zeros(len(t["boxes"]), dtype=torch.bool)) for t in targets]
     recall = {}

@@ -64,6 +64,19 @@ class FasterRCNN(nn.Module):
         boxes = self.propose(batch, self.features(batch.tensors), pre_nms_top_n, post_nms_top_n)
         return [d["boxes"] for d in self.transform.postprocess([{"boxes": b} for b in boxes], batch)]
 
+    @torch.no_grad()
+    def detect_and_propose(self, images: list[Tensor], pre_nms_top_n: int, post_nms_top_n: int
+                           ) -> tuple[list[dict], list[Tensor]]:
+        """Eval mode: the detections of `forward` and, from the same feature map, the RPN's proposals
+        with other top-N counts (for recall vs IoU), both in each input image's own pixels.
+        Evaluation needs both; one backbone pass serves the two."""
+        batch, _ = self.transform(images)
+        features = self.features(batch.tensors)
+        detections, _ = self.roi_heads(features, self.propose(batch, features), batch.image_sizes)
+        proposals = self.propose(batch, features, pre_nms_top_n, post_nms_top_n)
+        return (self.transform.postprocess(detections, batch),
+                [d["boxes"] for d in self.transform.postprocess([{"boxes": b} for b in proposals], batch)])
+
     def rpn_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Train the RPN alone (4-step training, steps 1 and 3): its two loss terms."""
         batch, targets = self.transform(images, targets)
