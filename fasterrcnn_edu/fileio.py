@@ -62,10 +62,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 
 
 def _jsonable(value):
-    """What `json` cannot write itself: NumPy scalars, tensors (as lists) and paths (as POSIX strings)."""
-    if isinstance(value, (np.floating, np.integer)):
+    """What `json` cannot write itself: NumPy scalars, arrays and tensors (as lists) and paths (as POSIX strings)."""
+    if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (np.ndarray, torch.Tensor)):
         return value.tolist()
     if isinstance(value, Path):
         return value.as_posix()

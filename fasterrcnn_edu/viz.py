@@ -230,7 +230,10 @@ def _difficult_mask(targets: Mapping, count: int) -> np.ndarray:
     """(G,) bool: which of the `count` objects in `targets` are marked difficult (none without the key)."""
     if targets.get("difficult") is None:
         return np.zeros(count, dtype=bool)
-    return _np(targets["difficult"]).astype(bool).reshape(-1)
+    difficult = _np(targets["difficult"]).astype(bool).reshape(-1)
+    if len(difficult) != count:
+        raise ValueError(f"targets['difficult'] has {len(difficult)} flags for {count} boxes")
+    return difficult
 
 
 def plot_detections(image, detections: Mapping, class_names: Sequence[str] | None = None,

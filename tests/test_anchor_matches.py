@@ -1,5 +1,6 @@
-"""The small public helpers the book's cells call instead of re-implementing package logic:
-`labeling.match_anchors` (the positive rules one by one) and `RoIHeads.class_boxes`."""
+"""Anchor matching: the small public helpers the book's cells call instead of re-implementing package
+logic (`labeling.match_anchors`, the positive rules one by one, and `RoIHeads.class_boxes`), and
+`label_anchors` against torchvision's RPN matcher."""
 import torch
 from torch import nn
 
@@ -62,13 +63,14 @@ def test_postprocess_keeps_the_class_boxes_and_probabilities_it_is_given_when_no
             torch.testing.assert_close(det["boxes"][match][0], boxes[r, k].clamp(0, 100))
     assert detections[0]["boxes"][:, 2].max() == 100.0          # the moved box was clipped at the edge
 
+
 def test_label_anchors_agrees_with_torchvisions_rpn_matcher():
     """Parity with torchvision's RPN labelling (`det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)`,
     then 1 / 0 / -1 as `RegionProposalNetwork.assign_targets_to_anchors` does), where the two rules
-    coincide: every anchor inside the image (torchvision has no boundary rule) and every ground-truth
-    box touching some anchor (torchvision would make every anchor of IoU 0 a "best" match of a box that
-    touches none). Random boxes never hit IoU 0.7 exactly, where our "higher than" (the paper) and
-    torchvision's ">=" differ."""
+    coincide: our boundary rule off (no `image_sizes`; torchvision has none), every ground-truth box
+    touching some anchor (torchvision would make every anchor of IoU 0 a "best" match of a box that
+    touches none), and no IoU of exactly 0.7, where our "higher than" (the paper) and torchvision's
+    ">=" differ."""
     from torchvision.models.detection import _utils as det_utils
 
     from fasterrcnn_edu.boxes import box_iou
@@ -86,7 +88,7 @@ def test_label_anchors_agrees_with_torchvisions_rpn_matcher():
             if len(boxes) == 0:
                 continue
             iou = box_iou(boxes, anchors)                                   # (G, A)
-            assert (iou.amax(dim=1) > 0).all()
+            assert (iou.amax(dim=1) > 0).all() and not (iou == 0.7).any()
             matches = matcher(iou)
             theirs = torch.full((len(anchors),), IGNORED, dtype=torch.int8)
             theirs[matches >= 0] = POSITIVE

@@ -6,8 +6,17 @@ from IPython.utils.capture import capture_output
 from fasterrcnn_edu.lab.glue import glue
 
 
+@pytest.fixture(autouse=True)
+def shell():
+    """display() needs a shell, as in a notebook kernel: one without a history file, removed afterwards."""
+    from traitlets.config import Config
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    yield InteractiveShell.instance(config=config)
+    InteractiveShell.clear_instance()
+
+
 def _outputs(fn, *args, **kwargs):
-    InteractiveShell.instance()                      # display() needs a shell, as in a notebook kernel
     with capture_output() as captured:
         fn(*args, **kwargs)
     return [(out.data, out.metadata) for out in captured.outputs]

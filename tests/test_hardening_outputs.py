@@ -178,10 +178,11 @@ def test_json_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
     from fasterrcnn_edu.fileio import write_json
     path = tmp_path / "result.json"
-    write_json({"map": np.float32(0.5), "n": np.int64(3), "boxes": torch.tensor([[1.0, 2.0]]),
-                "file": Path("data/x.pt")}, path)
+    write_json({"map": np.float32(0.5), "n": np.int64(3), "ok": np.bool_(True), "ap": np.array([0.25, 1.0]),
+                "boxes": torch.tensor([[1.0, 2.0]]), "file": Path("data/x.pt")}, path)
     text = path.read_text()
-    assert text.endswith("\n") and json.loads(text) == {"map": 0.5, "n": 3, "boxes": [[1.0, 2.0]], "file": "data/x.pt"}
+    assert text.endswith("\n") and json.loads(text) == {"map": 0.5, "n": 3, "ok": True, "ap": [0.25, 1.0],
+                                                         "boxes": [[1.0, 2.0]], "file": "data/x.pt"}
     with pytest.raises(TypeError, match="not JSON serialisable"):
         write_json({"map": object()}, path)
     assert path.read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

@@ -72,6 +72,10 @@ def test_plot_detections_draws_difficult_objects_dotted_grey():
     dotted = [r for r in rects if r.get_linestyle() == ":"]
     assert len(rects) == 3 and len(dotted) == 1
     assert dotted[0].get_xy() == tuple(BOXES[1, :2].tolist())          # the difficult one, not a missed object
+    from matplotlib.colors import to_rgba
+    assert dotted[0].get_edgecolor() == to_rgba(viz._IGNORED_COLOR)      # grey, as plot_detection_verdicts
+    with pytest.raises(ValueError, match="2 flags for 3 boxes"):
+        viz.plot_detections(IMAGE, det, targets={**tgt, "difficult": torch.tensor([False, True])})
     assert sum(r.get_linestyle() == "--" for r in rects) == 2
 
 
