@@ -26,6 +26,16 @@ def _batches(dataset, batch_size: int, progress: bool = False):
     return batches
 
 
+def _on_cpu(outputs: list[dict]) -> list[dict]:
+    return [{k: v.cpu() for k, v in out.items()} for out in outputs]
+
+
+def _pre_nms_count(cfg, top_n: int, pre_nms_top_n: int | None = None) -> int:
+    """Boxes entering NMS when `top_n` proposals are asked for: `pre_nms_top_n` (None: the config's
+    test count), raised to `top_n` so that a smaller pre-NMS count never caps the request."""
+    return max(pre_nms_top_n or cfg.rpn_pre_nms_top_n_test, top_n)
+
+
 @torch.no_grad()
 def predict_dataset(model: nn.Module, dataset, device="cpu", batch_size: int = 4, progress: bool = False
                     ) -> tuple[list[dict], list[dict]]:
@@ -33,8 +43,7 @@ def predict_dataset(model: nn.Module, dataset, device="cpu", batch_size: int = 4
     model.eval()
     detections, targets = [], []
     for batch in _batches(dataset, batch_size, progress):
-        outputs = model([image.to(device) for image, _ in batch])
-        detections += [{k: v.cpu() for k, v in out.items()} for out in outputs]
+        detections += _on_cpu(model([image.to(device) for image, _ in batch]))
         targets += [target for _, target in batch]
     return detections, targets
 
@@ -51,7 +60,7 @@ def predict_proposals(model: nn.Module, dataset, top_n: int = 2000, device="cpu"
     """
     rpn_net = getattr(model, "rpn_net", model)          # an UnsharedFasterRCNN proposes with its RPN network
     rpn_net.eval()
-    pre = max(pre_nms_top_n or rpn_net.cfg.rpn_pre_nms_top_n_test, top_n)
+    pre = _pre_nms_count(rpn_net.cfg, top_n, pre_nms_top_n)
     proposals = []
     for batch in _batches(dataset, batch_size):
         images = [image.to(device) for image, _ in batch]
@@ -70,11 +79,11 @@ def predict_dataset_and_proposals(model: nn.Module, dataset, top_n: int, device=
         detections, targets = predict_dataset(model, dataset, device, batch_size, progress)
         return detections, targets, predict_proposals(model, dataset, top_n, device, batch_size)
     model.eval()
-    pre = max(model.cfg.rpn_pre_nms_top_n_test, top_n)             # as predict_proposals
+    pre = _pre_nms_count(model.cfg, top_n)
     detections, targets, proposals = [], [], []
     for batch in _batches(dataset, batch_size, progress):
         found, boxes = model.detect_and_propose([image.to(device) for image, _ in batch], pre, top_n)
-        detections += [{k: v.cpu() for k, v in out.items()} for out in found]
+        detections += _on_cpu(found)
         proposals += [b.cpu() for b in boxes]
         targets += [target for _, target in batch]
     return detections, targets, proposals

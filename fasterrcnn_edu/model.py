@@ -62,6 +62,10 @@ class FasterRCNN(nn.Module):
         input image's own pixels: B tensors (P_b, 4)."""
         batch, _ = self.transform(images)
         boxes = self.propose(batch, self.features(batch.tensors), pre_nms_top_n, post_nms_top_n)
+        return self._in_input_pixels(boxes, batch)
+
+    def _in_input_pixels(self, boxes: list[Tensor], batch: ImageBatch) -> list[Tensor]:
+        """B tensors (P_b, 4) of resized-image boxes, mapped back to each input image's own pixels."""
         return [d["boxes"] for d in self.transform.postprocess([{"boxes": b} for b in boxes], batch)]
 
     @torch.no_grad()
@@ -74,8 +78,7 @@ class FasterRCNN(nn.Module):
         features = self.features(batch.tensors)
         detections, _ = self.roi_heads(features, self.propose(batch, features), batch.image_sizes)
         proposals = self.propose(batch, features, pre_nms_top_n, post_nms_top_n)
-        return (self.transform.postprocess(detections, batch),
-                [d["boxes"] for d in self.transform.postprocess([{"boxes": b} for b in proposals], batch)])
+        return self.transform.postprocess(detections, batch), self._in_input_pixels(proposals, batch)
 
     def rpn_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Train the RPN alone (4-step training, steps 1 and 3): its two loss terms."""

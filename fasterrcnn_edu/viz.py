@@ -236,6 +236,11 @@ def _difficult_mask(targets: Mapping, count: int) -> np.ndarray:
     return difficult
 
 
+def _draw_difficult(ax: Axes, boxes: np.ndarray) -> None:
+    """Difficult objects, which VOC's metric ignores: dotted grey (`verdict_legend` names the style)."""
+    draw_ground_truth(ax, boxes, linewidth=1.8, color=_IGNORED_COLOR, linestyle=":")
+
+
 def plot_detections(image, detections: Mapping, class_names: Sequence[str] | None = None,
                     score_threshold: float = 0.5, targets: Mapping | None = None,
                     ax: Axes | None = None, title: str | None = None) -> Axes:
@@ -252,7 +257,7 @@ def plot_detections(image, detections: Mapping, class_names: Sequence[str] | Non
         gt = _np_boxes(targets["boxes"], "targets['boxes']", "plot_detections")
         difficult = _difficult_mask(targets, len(gt))
         draw_ground_truth(ax, gt[~difficult])
-        draw_ground_truth(ax, gt[difficult], linewidth=1.8, color=_IGNORED_COLOR, linestyle=":")
+        _draw_difficult(ax, gt[difficult])
     scores = _np(detections["scores"]).reshape(-1)
     keep = scores >= score_threshold
     draw_boxes(ax, _np_boxes(detections["boxes"], "detections['boxes']", "plot_detections")[keep],
@@ -320,7 +325,7 @@ def plot_detection_verdicts(image, detections: Mapping, kinds: Sequence[str], ta
     undetected = _np(undetected).astype(bool).reshape(-1) & ~difficult
     draw_ground_truth(ax, gt[~difficult & ~undetected])
     draw_ground_truth(ax, gt[undetected], linewidth=1.8, color=_UNDETECTED_COLOR)
-    draw_ground_truth(ax, gt[difficult], linewidth=1.8, color=_IGNORED_COLOR, linestyle=":")
+    _draw_difficult(ax, gt[difficult])
     boxes = _np_boxes(detections["boxes"], "detections['boxes']", "plot_detection_verdicts")
     scores, labels = _np(detections["scores"]).reshape(-1), _np(detections["labels"]).reshape(-1)
     kinds = np.asarray(kinds, dtype=object)

@@ -7,6 +7,7 @@ from torch.utils.data import Subset
 from fasterrcnn_edu.checkpoint import load_model
 from fasterrcnn_edu.config import Config
 from fasterrcnn_edu.data import VOCDataset
+from fasterrcnn_edu.lab.ablations import same_weights
 from fasterrcnn_edu.inference import predict_dataset, predict_dataset_and_proposals, predict_proposals
 from fasterrcnn_edu.model import FasterRCNN, UnsharedFasterRCNN
 
@@ -16,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _assert_same(one_pass, detections, targets, proposals):
     found, their_targets, boxes = one_pass
     assert len(found) == len(detections) and [t["image_id"] for t in their_targets] == [t["image_id"] for t in targets]
-    for ours, theirs in zip(found, detections):
-        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(same_weights(ours, theirs) for ours, theirs in zip(found, detections))   # dicts of tensors
     assert all(torch.equal(a, b) for a, b in zip(boxes, proposals))
 
 
